@@ -1,0 +1,138 @@
+"""The run record: one JSON file per training run, enough to audit the run without rerunning it.
+
+A record is a plain JSON object (schema below). The training engine writes it, the report
+renders from it, the audit re-derives its privacy claim from it. ``validate_record`` checks
+that every required field is present with the right type, and names the missing ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from smoothnet.io import atomic_write_json, canonical_json, sha256_bytes
+
+SCHEMA_VERSION = 1
+RECORD_FILENAME = "record.json"
+
+# Required fields, as "section.key" -> accepted types. ``None`` inside a tuple means nullable.
+REQUIRED_FIELDS: dict[str, tuple[type | None, ...]] = {
+    "schema_version": (int,),
+    "run_id": (str,),
+    "profile": (str,),  # "paper", "improved", "quick", "fixture"
+    "stage": (str,),  # DVC stage that produced it, e.g. "train@cifar10-smoothnet_w80d50-eps7-s0"
+    "params": (dict,),  # the run's resolved parameters exactly as read from params.yaml
+    "model.name": (str,),
+    "model.options": (dict,),
+    "model.num_parameters": (int,),
+    "model.has_batchnorm": (bool,),
+    "dataset.name": (str,),
+    "dataset.fingerprint": (dict,),  # per split, see smoothnet.data
+    "dataset.manifest_sha256": (str,),
+    "dataset.n_train": (int,),
+    "dataset.n_val": (int,),
+    "dataset.n_test": (int,),
+    "privacy.private": (bool,),
+    "privacy.target_epsilon": (float, int, None),
+    "privacy.delta": (float, int, None),
+    "privacy.noise_multiplier": (float, int, None),
+    "privacy.max_grad_norm": (float, int, None),
+    "privacy.sample_rate": (float, int, None),
+    "privacy.steps": (int,),
+    "privacy.planned_steps": (int,),
+    "privacy.sampling": (str,),  # "poisson" or "shuffle"
+    "privacy.accountant": (str, None),  # "rdp", "prv" (or None for non-private runs)
+    "privacy.epsilon": (float, int, None),  # reported by the accountant above
+    "privacy.epsilon_by_accountant": (dict,),  # {"rdp": .., "prv": ..}
+    "privacy.grad_sample_mode": (str, None),
+    "training.epochs": (int,),
+    "training.epochs_completed": (int,),
+    "training.logical_batch_size": (int,),
+    "training.physical_batch_size": (int,),
+    "training.seed": (int,),
+    "results.best_val_accuracy": (float, int, None),
+    "results.final_val_accuracy": (float, int, None),
+    "results.test_accuracy_at_best_val": (float, int, None),
+    "results.final_test_accuracy": (float, int, None),
+    "results.history": (list,),
+    "performance.wall_time_s": (float, int),
+    "performance.images_per_second": (float, int),
+    "performance.peak_memory_bytes": (int,),
+    "performance.device": (str,),
+    "environment.python": (str,),
+    "environment.torch": (str,),
+    "environment.opacus": (str,),
+    "environment.cuda": (str, None),
+    "environment.cudnn": (int, str, None),
+    "environment.git_revision": (str, None),
+    "environment.git_dirty": (bool, None),
+}
+
+
+class RecordError(ValueError):
+    """A run record is missing fields, has wrong types, or cannot be read."""
+
+
+def get_field(record: dict[str, Any], dotted: str) -> Any:
+    """Value at ``"section.key"``; raises KeyError when absent."""
+    value: Any = record
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def validate_record(record: dict[str, Any], where: str = "record") -> None:
+    """Raise :class:`RecordError` naming every missing or mistyped field."""
+    problems = []
+    for dotted, types in REQUIRED_FIELDS.items():
+        try:
+            value = get_field(record, dotted)
+        except (KeyError, TypeError):
+            problems.append(f"missing field {dotted!r}")
+            continue
+        allowed = tuple(t for t in types if t is not None)
+        if value is None and None in types:
+            continue
+        if isinstance(value, bool) and bool not in allowed:
+            problems.append(f"field {dotted!r} has type bool, expected {_names(types)}")
+        elif not isinstance(value, allowed):
+            problems.append(f"field {dotted!r} has type {type(value).__name__}, expected {_names(types)}")
+    if record.get("schema_version") not in (None, SCHEMA_VERSION) and "schema_version" in record:
+        problems.append(f"schema_version {record['schema_version']} != {SCHEMA_VERSION}")
+    if problems:
+        raise RecordError(f"{where}: " + "; ".join(problems))
+
+
+def _names(types: tuple[type | None, ...]) -> str:
+    return " or ".join("null" if t is None else t.__name__ for t in types)
+
+
+def write_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Validate and atomically write ``record`` as canonical JSON."""
+    validate_record(record, where=str(path))
+    atomic_write_json(path, record)
+
+
+def load_record(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate one record."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RecordError(f"{path}: cannot read run record ({exc})") from exc
+    validate_record(record, where=str(path))
+    return record
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    """sha256 of the record's canonical JSON: what reports cite and the audit compares."""
+    return sha256_bytes(canonical_json(record).encode("utf-8"))
+
+
+def find_records(root: str | os.PathLike) -> list[Path]:
+    """Every ``record.json`` under ``root``, sorted by path."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    return sorted(root.rglob(RECORD_FILENAME))

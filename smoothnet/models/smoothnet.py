@@ -1,17 +1,31 @@
 """SmoothNet (Remerscheid et al. 2022): a wide DenseNet without bottlenecks, SELU, GroupNorm, max-pool.
 
-Follows ../shared/SPEC.md section 1 and the authors' PrivateModelArchitectures code. The
-ablation options (activation, in-block pooling, normalisation, connection type, width, depth)
-reproduce the thesis study; the defaults give the standard W80D50 network with 3,391,853
-parameters for 10 classes at any resolution.
+Follows ../shared/SPEC.md section 1 and the authors' code. The three connection types reproduce
+the three model families of the first author's thesis study, whose parameter counts
+(../shared/reference/thesis_study_table.md) they match exactly:
+
+- ``dense`` (SmoothNet proper): ``SmoothNet.py`` of TUM-AIMED/PrivateModelArchitectures, i.e.
+  ``ENScalingResidualModel(dense=True)`` of NiWaRe/DPBenchmark ``models.py``. W80D50 with 10
+  classes has 3,391,853 parameters at any resolution.
+- ``residual``: ``ENScalingResidualModel(dense=False, halve_dim=True, skip_depth=2)`` of
+  DPBenchmark ``models.py``: ResNet-style blocks of two convolutions with an identity skip; the
+  first block of each stage halves the resolution with a 2x2 stride-2 conv and its skip is the
+  input subsampled by 2 and zero-padded to the new channel count. W80D10 has 777,354 parameters
+  (thesis: 777K for ``B_RM_MXP_GN_SELU_W80D10``).
+- ``plain``: ``ENScalingBaseModel`` of DPBenchmark ``models.py`` (the thesis' "Base Model"):
+  conv (with bias) -> pool -> [norm] -> activation per block, the last block of each stage
+  halving with MaxPool 2x2. The thesis base model is ``norm="none", activation="relu"``.
+
+The ablation options (activation, in-block pooling, normalisation, width, depth) apply to all
+three. ``weight_standardization=True`` swaps every Conv2d for :class:`WSConv2d` (De et al. 2022).
 """
 
 from __future__ import annotations
 
-import math
-
+import torch
 from torch import Tensor, nn
 
+from smoothnet.models.layers import conv2d, group_norm
 from smoothnet.models.registry import register_model
 
 ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU}
@@ -28,11 +42,15 @@ def make_activation(name: str) -> nn.Module:
 
 
 def make_norm(kind: str, channels: int, groups: int = 8) -> nn.Module:
-    """DP-compatible normalisation: GroupNorm(min(groups, C), C), InstanceNorm or none."""
+    """DP-compatible normalisation: GroupNorm(gcd(groups, C), C), InstanceNorm or none.
+
+    InstanceNorm is ``nn.InstanceNorm2d(C)`` without affine parameters and without running
+    statistics, exactly as the authors' code (``getNormFunction(norm_groups=0)``).
+    """
     if kind == "group":
-        return nn.GroupNorm(math.gcd(min(groups, channels), channels), channels, affine=True)
+        return group_norm(channels, groups)
     if kind == "instance":
-        return nn.GroupNorm(channels, channels, affine=True)  # InstanceNorm as GroupNorm(C, C)
+        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"norm must be one of {list(NORMS)}, got {kind!r}")
@@ -50,66 +68,150 @@ def make_block_pool(kind: str) -> nn.Module:
 
 
 class SmoothBlock(nn.Sequential):
-    """Conv3x3 (no bias) -> size-preserving pool -> norm -> activation."""
+    """Conv (3x3 unless given) -> pool -> norm -> activation; pool and activation optional."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, activation: str, pool: str, norm: str, norm_groups: int
+        self,
+        in_channels: int,
+        out_channels: int,
+        activation: str | None,
+        pool: str | nn.Module,
+        norm: str,
+        norm_groups: int,
+        weight_standardization: bool,
+        kernel_size: int = 3,
+        stride: int = 1,
+        bias: bool = False,
     ) -> None:
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False),
-            make_block_pool(pool),
+            conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=(kernel_size - 1) // 2,
+                bias=bias,
+                weight_standardization=weight_standardization,
+            ),
+            pool if isinstance(pool, nn.Module) else make_block_pool(pool),
             make_norm(norm, out_channels, norm_groups),
-            make_activation(activation),
+            make_activation(activation) if activation else nn.Identity(),
         )
 
 
-class SmoothStack(nn.Module):
-    """``depth`` SmoothBlocks joined by plain, residual or dense connections.
+class DenseStack(nn.Module):
+    """SmoothStack: block i sees ``in + i*growth`` channels; outputs are concatenated."""
 
-    - dense: block i sees ``in + i*growth`` channels; its output is concatenated to its input.
-    - residual: every block maps ``growth -> growth`` and adds an identity skip; a first
-      block without skip lifts ``in -> growth``.
-    - plain: blocks in sequence, ``in -> growth -> ... -> growth``.
-    """
-
-    def __init__(self, in_channels: int, growth: int, depth: int, connection: str, **block_kw) -> None:
+    def __init__(self, in_channels: int, growth: int, depth: int, **block_kw) -> None:
         super().__init__()
-        if connection not in CONNECTIONS:
-            raise ValueError(f"connection must be one of {list(CONNECTIONS)}, got {connection!r}")
-        self.connection = connection
-        if connection == "dense":
-            widths = [in_channels + i * growth for i in range(depth)]
-            self.out_channels = in_channels + depth * growth
-        else:
-            widths = [in_channels] + [growth] * (depth - 1)
-            self.out_channels = growth
-        self.blocks = nn.ModuleList(SmoothBlock(w, growth, **block_kw) for w in widths)
+        self.blocks = nn.ModuleList(
+            SmoothBlock(in_channels + i * growth, growth, **block_kw) for i in range(depth)
+        )
+        self.out_channels = in_channels + depth * growth
 
     def forward(self, x: Tensor) -> Tensor:
-        for i, block in enumerate(self.blocks):
-            if self.connection == "dense":
-                x = _cat(x, block(x))
-            elif self.connection == "residual" and i > 0:
-                x = x + block(x)
-            else:
-                x = block(x)
+        for block in self.blocks:
+            x = torch.cat([x, block(x)], dim=1)
         return x
 
 
-def _cat(a: Tensor, b: Tensor) -> Tensor:
-    import torch
+class ResidualBlock(nn.Module):
+    """Two conv-pool-norm blocks with an identity skip added before the second activation.
 
-    return torch.cat([a, b], dim=1)
+    ``halve=True`` makes the first conv 2x2 stride 2 and the skip ``x[:, :, ::2, ::2]``; the skip
+    is zero-padded along channels when the block widens (authors' ``ResidualBlock``, no projection).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, halve: bool, activation: str, **block_kw) -> None:
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(f"identity skip cannot narrow {in_channels} -> {out_channels} channels")
+        self.halve, self.pad = halve, out_channels - in_channels
+        self.first = SmoothBlock(
+            in_channels,
+            out_channels,
+            activation,
+            kernel_size=2 if halve else 3,
+            stride=2 if halve else 1,
+            **block_kw,
+        )
+        self.second = SmoothBlock(out_channels, out_channels, None, **block_kw)
+        self.activation = make_activation(activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        skip = x[:, :, ::2, ::2] if self.halve else x
+        if self.pad:
+            skip = nn.functional.pad(skip, (0, 0, 0, 0, 0, self.pad))
+        return self.activation(self.second(self.first(x)) + skip)
+
+
+def _dense_features(in_channels: int, growth0: int, growth1: int, depth: int, **block_kw) -> nn.Module:
+    stage0 = DenseStack(in_channels, growth0, depth, **block_kw)
+    transition_out = stage0.out_channels // 2
+    stage1 = DenseStack(transition_out, growth1, depth, **block_kw)
+    return nn.Sequential(
+        stage0,
+        # DenseNet transition: 1x1 conv halving channels (floor), then 2x2 average pool.
+        conv2d(
+            stage0.out_channels,
+            transition_out,
+            1,
+            bias=False,
+            weight_standardization=block_kw["weight_standardization"],
+        ),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        stage1,
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        LastChannels(growth1),
+    )
+
+
+def _residual_features(in_channels: int, growth0: int, growth1: int, depth: int, **block_kw) -> nn.Module:
+    blocks = []
+    for stage_in, growth in ((in_channels, growth0), (growth0, growth1)):
+        blocks.append(ResidualBlock(stage_in, growth, halve=True, **block_kw))
+        blocks.extend(ResidualBlock(growth, growth, halve=False, **block_kw) for _ in range(depth - 1))
+    return nn.Sequential(*blocks)
+
+
+def _plain_features(
+    in_channels: int, growth0: int, growth1: int, depth: int, pool: str, **block_kw
+) -> nn.Module:
+    blocks = []
+    for stage_in, growth in ((in_channels, growth0), (growth0, growth1)):
+        for i in range(depth):
+            # The last block of each stage halves the resolution (authors' ENScalingBaseModel).
+            block_pool = nn.MaxPool2d(kernel_size=2, stride=2) if i == depth - 1 else pool
+            blocks.append(
+                SmoothBlock(stage_in if i == 0 else growth, growth, pool=block_pool, bias=True, **block_kw)
+            )
+    return nn.Sequential(*blocks)
+
+
+class LastChannels(nn.Module):
+    """Keep only the last ``n`` channels (the dense head reads the last block's output only)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, -self.n :]
 
 
 class SmoothNet(nn.Module):
-    """Two SmoothStacks, a 1x1 transition, and an MLP head on the last block's channels.
+    """Two stages of SmoothBlocks and an MLP head on a 4x4 adaptive average pool.
 
     Args:
         num_classes: outputs of the last Linear layer.
         width: width factor; stage growth is ``int(8*width)`` and ``int(16*width)``.
-        depth: depth factor; each stage has ``int(depth)`` blocks.
-        activation, pool, norm, norm_groups, connection: ablation options (see module docstring).
+        depth: depth factor; each stage has ``int(depth)`` blocks (residual: two convs per block).
+        activation: selu, relu or leaky_relu in the blocks; the head uses SELU for selu, else ReLU
+            (as the authors' SmoothNet.py).
+        pool: in-block size-preserving pooling (max, avg, none).
+        norm: group (GroupNorm with ``norm_groups`` groups), instance, none.
+        connection: dense (SmoothNet), residual, plain (see the module docstring).
+        weight_standardization: use :class:`WSConv2d` for every convolution.
         in_channels: image channels.
     """
 
@@ -123,28 +225,39 @@ class SmoothNet(nn.Module):
         norm: str = "group",
         norm_groups: int = 8,
         connection: str = "dense",
+        weight_standardization: bool = False,
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        if width <= 0 or depth < 1:
-            raise ValueError(f"width must be > 0 and depth >= 1, got width={width}, depth={depth}")
-        block_kw = dict(activation=activation, pool=pool, norm=norm, norm_groups=norm_groups)
-        growth0, growth1 = int(8 * width), int(16 * width)
-        self.stage0 = SmoothStack(in_channels, growth0, int(depth), connection, **block_kw)
-        transition_out = self.stage0.out_channels // 2
-        self.transition = nn.Sequential(
-            nn.Conv2d(self.stage0.out_channels, transition_out, kernel_size=1, bias=False),
-            nn.AvgPool2d(kernel_size=2, stride=2),
+        if not width > 0 or not depth >= 1 or int(8 * width) < 1:
+            raise ValueError(f"need width >= 0.125 and depth >= 1, got width={width}, depth={depth}")
+        if connection not in CONNECTIONS:
+            raise ValueError(f"connection must be one of {list(CONNECTIONS)}, got {connection!r}")
+        if not isinstance(norm_groups, int) or norm_groups < 1:
+            raise ValueError(f"norm_groups must be a positive integer, got {norm_groups!r}")
+        make_activation(activation), make_norm(norm, 8), make_block_pool(pool)  # validate early
+        block_kw = dict(
+            activation=activation,
+            norm=norm,
+            norm_groups=norm_groups,
+            weight_standardization=weight_standardization,
         )
-        self.stage1 = SmoothStack(transition_out, growth1, int(depth), connection, **block_kw)
-        self.head_channels = growth1
-        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+        growth0, growth1 = int(8 * width), int(16 * width)
+        if connection == "dense":
+            self.features = _dense_features(in_channels, growth0, growth1, int(depth), pool=pool, **block_kw)
+        elif connection == "residual":
+            self.features = _residual_features(
+                in_channels, growth0, growth1, int(depth), pool=pool, **block_kw
+            )
+        else:
+            self.features = _plain_features(in_channels, growth0, growth1, int(depth), pool=pool, **block_kw)
+        head_activation = "selu" if activation == "selu" else "relu"
         self.adaptive_pool = nn.AdaptiveAvgPool2d(4)
         self.classifier = nn.Sequential(
             nn.Linear(growth1 * 16, 256),
-            make_activation(activation),
+            make_activation(head_activation),
             nn.Linear(256, 128),
-            make_activation(activation),
+            make_activation(head_activation),
             nn.Linear(128, num_classes),
         )
         self.reset_parameters()
@@ -157,12 +270,7 @@ class SmoothNet(nn.Module):
                 nn.init.xavier_uniform_(module.weight, gain=gain)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.stage0(x)
-        x = self.transition(x)
-        x = self.stage1(x)
-        x = self.pool(x)
-        x = x[:, -self.head_channels :]  # only the last block's output feeds the head
-        x = self.adaptive_pool(x)
+        x = self.adaptive_pool(self.features(x))
         return self.classifier(x.flatten(1))
 
 
@@ -177,9 +285,12 @@ def smoothnet(
     norm: str = "group",
     norm_groups: int = 8,
     connection: str = "dense",
+    weight_standardization: bool = False,
 ) -> nn.Module:
     """SmoothNet with the authors' ablation options; resolution-independent."""
-    return SmoothNet(num_classes, width, depth, activation, pool, norm, norm_groups, connection)
+    return SmoothNet(
+        num_classes, width, depth, activation, pool, norm, norm_groups, connection, weight_standardization
+    )
 
 
 @register_model("smoothnet_w80d50", "SmoothNet W80D50, the paper's standard network")

@@ -12,6 +12,8 @@ import sys
 
 SUBCOMMANDS: dict[str, str] = {
     "models": "smoothnet.models.cli",
+    "prepare": "smoothnet.data.cli",
+    "train": "smoothnet.training.cli",
 }
 
 

@@ -1,0 +1,1 @@
+"""DP-SGD training: typed config, Opacus privacy wrapper, training loop, run record."""

@@ -1,0 +1,70 @@
+"""``smoothnet train``: train one run of params.yaml (what the DVC stage ``train@<run_id>`` calls)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "Train one run from params.yaml with DP-SGD (or without privacy) and write its run record."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``smoothnet train``."""
+    parser.add_argument(
+        "run_id", help="a key of `runs:` in the params file, e.g. cifar10-smoothnet_w80d50-eps7-s0"
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    parser.add_argument(
+        "--data-root", default="data/prepared", help="prepared datasets (default data/prepared)"
+    )
+    parser.add_argument("--runs", default="runs", help="run records and DVCLive folders (default runs)")
+    parser.add_argument(
+        "--checkpoints", default="checkpoints", help="checkpoint folders (default checkpoints)"
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_profile(params: dict, study: str) -> str:
+    """The record's profile label: quick-profile params are never mixed with real results."""
+    if params.get("profile") == "quick":
+        return "quick"
+    return "improved" if study == "improved" else "paper"
+
+
+def main(args: argparse.Namespace) -> int:
+    """Resolve the run's params, validate them, train, print where the record went."""
+    from smoothnet.params import load_params, resolve_run
+    from smoothnet.training.config import TrainConfig
+    from smoothnet.training.environment import pick_device
+    from smoothnet.training.trainer import RunPaths, train
+
+    params = load_params(args.params)
+    resolved = resolve_run(params, args.run_id)
+    config = TrainConfig.from_params(resolved)
+    device = pick_device(args.device)
+    paths = RunPaths(
+        data_dir=Path(args.data_root) / config.dataset,
+        run_dir=Path(args.runs) / config.run_id,
+        checkpoint_dir=Path(args.checkpoints) / config.run_id,
+        repo_root=Path(args.params).resolve().parent,
+    )
+    if not (paths.data_dir / "manifest.json").exists():
+        raise SystemExit(
+            f"prepared dataset not found at {paths.data_dir}; run `dvc repro prepare@{config.dataset}` "
+            f"(or `smoothnet prepare --dataset {config.dataset}`) first"
+        )
+    record = train(
+        config,
+        paths,
+        resolved_params=resolved,
+        profile=run_profile(params, config.study),
+        device=device,
+        progress=not args.no_progress,
+    )
+    results, privacy = record["results"], record["privacy"]
+    eps = f", epsilon {privacy['epsilon']:.3f} ({privacy['accountant']})" if privacy["private"] else ""
+    print(
+        f"{config.run_id}: test accuracy {results['test_accuracy_at_best_val']}{eps} -> {paths.record_path}"
+    )
+    return 0

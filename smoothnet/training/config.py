@@ -1,0 +1,153 @@
+"""Typed, frozen training configuration built from a run's resolved params.
+
+Every check runs before any data is loaded or model built, so a bad value fails in a second with a
+message naming the ``params.yaml`` key and its valid range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+ACCOUNTANTS = ("rdp", "prv")
+GRAD_SAMPLE_MODES = ("auto", "fast", "hooks", "functorch", "ew", "ghost")
+OPTIMIZERS = ("sgd",)
+LR_SCHEDULES = ("step", "constant")
+
+
+class ConfigError(ValueError):
+    """A training parameter is missing or out of range; the message names the params key."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Privacy claim: (target_epsilon, delta)-DP for the training set under the
+    chosen accountant, with Poisson sampling at q = 1/len(loader) (Opacus' convention).
+
+    Fields mirror the keys of ``train`` / ``runs.<run_id>`` in params.yaml.
+    """
+
+    run_id: str
+    dataset: str
+    model: str
+    model_options: dict[str, Any] = field(default_factory=dict)
+    study: str = "main"
+    private: bool = True
+    target_epsilon: float | None = 7.0
+    noise_multiplier: float | None = None
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    poisson_sampling: bool = True
+    allow_non_poisson: bool = False
+    max_grad_norm: float = 1.0
+    epochs: int = 180
+    logical_batch_size: int = 256
+    physical_batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    lr_schedule: str = "step"
+    lr_step_size: int = 5
+    lr_gamma: float = 0.9
+    grad_sample_mode: str = "auto"
+    augmentation_multiplicity: int = 0  # 0: no augmentation; K >= 1: K random crop+flip views per example
+    ema_decay: float | None = None  # exponential moving average of weights, evaluated beside the raw weights
+    train_on_validation: bool = False  # train on train+val (the full official training set)
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, resolved: dict[str, Any]) -> TrainConfig:
+        """Build from ``smoothnet.params.resolve_run`` output; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(resolved) - names)
+        if unknown:
+            raise ConfigError(
+                f"run {resolved.get('run_id')!r}: unknown training key(s) {unknown}; valid keys: {sorted(names)}"
+            )
+        for required in ("run_id", "dataset", "model"):
+            if not resolved.get(required):
+                raise ConfigError(f"run {resolved.get('run_id')!r}: missing required key {required!r}")
+        values = dict(resolved)
+        values["model_options"] = dict(values.get("model_options") or {})
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid key and its valid range."""
+        where = f"run {self.run_id!r}"
+
+        def fail(key: str, message: str) -> None:
+            raise ConfigError(f"{where}: {key} {message} (got {getattr(self, key)!r})")
+
+        if self.private:
+            if self.target_epsilon is None and self.noise_multiplier is None:
+                raise ConfigError(
+                    f"{where}: set target_epsilon (> 0) or noise_multiplier (>= 0) for a DP run"
+                )
+            if self.target_epsilon is not None and self.noise_multiplier is not None:
+                raise ConfigError(
+                    f"{where}: set only one of target_epsilon and noise_multiplier "
+                    "(the other is derived); use null for the unused one"
+                )
+            if self.target_epsilon is not None and not (0 < self.target_epsilon < math.inf):
+                fail("target_epsilon", "must be a finite number > 0")
+            if self.noise_multiplier is not None and not (0 <= self.noise_multiplier < math.inf):
+                fail("noise_multiplier", "must be a finite number >= 0")
+            if not (0 < self.delta < 1):
+                fail("delta", "must be in (0, 1) and below 1/N (checked once N is known)")
+            if self.accountant not in ACCOUNTANTS:
+                fail("accountant", f"must be one of {list(ACCOUNTANTS)}")
+            if not (self.max_grad_norm > 0):
+                fail("max_grad_norm", "must be > 0 (the per-sample clipping norm C)")
+            if not self.poisson_sampling and not self.allow_non_poisson:
+                raise ConfigError(
+                    f"{where}: poisson_sampling is false, but the accountant's guarantee assumes Poisson "
+                    "sampling; set allow_non_poisson: true to run anyway (recorded as not covered)"
+                )
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            fail("grad_sample_mode", f"must be one of {list(GRAD_SAMPLE_MODES)}")
+        if self.epochs < 1:
+            fail("epochs", "must be >= 1")
+        if self.logical_batch_size < 1:
+            fail("logical_batch_size", "must be >= 1")
+        if not (1 <= self.physical_batch_size <= self.logical_batch_size):
+            fail("physical_batch_size", f"must be in [1, logical_batch_size={self.logical_batch_size}]")
+        if self.optimizer not in OPTIMIZERS:
+            fail("optimizer", f"must be one of {list(OPTIMIZERS)}")
+        if not (self.lr > 0):
+            fail("lr", "must be > 0")
+        if not (0 <= self.momentum < 1):
+            fail("momentum", "must be in [0, 1)")
+        if self.weight_decay < 0:
+            fail("weight_decay", "must be >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            fail("lr_schedule", f"must be one of {list(LR_SCHEDULES)}")
+        if self.lr_schedule == "step" and (self.lr_step_size < 1 or not (0 < self.lr_gamma <= 1)):
+            raise ConfigError(f"{where}: lr_step_size must be >= 1 and lr_gamma in (0, 1]")
+        if self.augmentation_multiplicity < 0:
+            fail("augmentation_multiplicity", "must be >= 0 (0 = no augmentation)")
+        if self.ema_decay is not None and not (0 < self.ema_decay < 1):
+            fail("ema_decay", "must be in (0, 1) or null")
+        if self.study not in ("main", "ablation", "literature", "improved"):
+            fail("study", "must be one of main, ablation, literature, improved")
+
+    def check_dataset_size(self, n_train: int) -> None:
+        """Checks that need the training-set size: delta < 1/N and a batch no larger than the data."""
+        if self.private and not self.delta < 1 / n_train:
+            raise ConfigError(
+                f"run {self.run_id!r}: delta must be < 1/N = {1 / n_train:.3g} for N = {n_train} training "
+                f"examples (got {self.delta}); the usual choice is 1e-5 for CIFAR-10"
+            )
+        if self.logical_batch_size > n_train:
+            raise ConfigError(
+                f"run {self.run_id!r}: logical_batch_size {self.logical_batch_size} exceeds the "
+                f"{n_train} training examples"
+            )
+
+    def to_params(self) -> dict[str, Any]:
+        """The resolved params dict this config was built from (for the run record)."""
+        return dataclasses.asdict(self)

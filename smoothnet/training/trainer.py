@@ -1,0 +1,630 @@
+"""The training loop: DP-SGD (or the same loop without privacy) with per-epoch evaluation,
+checkpoints, DVCLive metrics and a complete run record.
+
+Reads top to bottom: build everything (:func:`prepare_run`), resume if a checkpoint exists, train epoch
+by epoch, then write the record. Deterministic on CPU for a given seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from opacus.utils.batch_memory_manager import BatchMemoryManager
+from opacus.validators import ModuleValidator
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from smoothnet.models import build_model, count_parameters
+from smoothnet.records import SCHEMA_VERSION, write_record
+from smoothnet.training.batches import augmentation_views, normalize
+from smoothnet.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from smoothnet.training.config import ConfigError, TrainConfig
+from smoothnet.training.dp import PrivateSetup, make_private
+from smoothnet.training.environment import device_name, git_state, library_versions
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class RunPaths:
+    """Where a run reads and writes."""
+
+    data_dir: Path  # prepared dataset (data/prepared/<dataset>)
+    run_dir: Path  # runs/<run_id>: record.json + dvclive/ (git-tracked)
+    checkpoint_dir: Path  # checkpoints/<run_id> (a DVC output)
+    repo_root: Path = Path(".")
+
+    @property
+    def record_path(self) -> Path:
+        return self.run_dir / "record.json"
+
+
+@dataclass
+class EvalSet:
+    """A split held on the device, as model inputs (normalised images or precomputed features)."""
+
+    inputs: Tensor
+    labels: Tensor
+    normalised: bool  # True when inputs are already model-ready (features)
+
+
+@dataclass
+class RunState:
+    """Everything the loop mutates; what a checkpoint stores besides module/optimizer states."""
+
+    epoch: int = 0  # epochs completed
+    steps: int = 0  # optimizer steps taken (logical batches)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    examples_seen: int = 0
+
+
+def config_fingerprint(config: TrainConfig) -> str:
+    """Hash of the run's configuration: a checkpoint only resumes the run that wrote it."""
+    return hashlib.sha256(json.dumps(config.to_params(), sort_keys=True).encode()).hexdigest()
+
+
+def train(
+    config: TrainConfig,
+    paths: RunPaths,
+    *,
+    resolved_params: dict[str, Any] | None = None,
+    profile: str = "paper",
+    device: torch.device | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train one run end to end and return its record (also written to ``paths.record_path``).
+
+    Args:
+        config: the validated run configuration.
+        paths: data, run and checkpoint folders.
+        resolved_params: the run's params as read from params.yaml (stored verbatim in the record);
+            defaults to the config's fields.
+        profile: "paper", "improved" or "quick" (labels the record).
+        device: defaults to CUDA when available.
+        progress: show tqdm bars.
+        on_epoch_end: called with the completed epoch number after its checkpoint is written.
+    """
+    from smoothnet.data import load_prepared
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = load_prepared(paths.data_dir)
+    torch.manual_seed(config.seed)
+    run = prepare_run(config, data, device)
+    state = RunState()
+    checkpoint = load_checkpoint(paths.checkpoint_dir)
+    if checkpoint is not None:
+        state = _restore(checkpoint, config, run)
+        if progress:
+            print(f"[{config.run_id}] resuming after epoch {state.epoch} of {config.epochs}")
+    live = _open_live(paths.run_dir, state.history)
+
+    while state.epoch < config.epochs:
+        started = time.perf_counter()
+        train_loss, train_accuracy, examples = _train_one_epoch(config, run, state, device, progress)
+        state.train_seconds += time.perf_counter() - started
+        state.examples_seen += examples
+        run.scheduler.step()
+        state.epoch += 1
+        metrics = _evaluate_epoch(config, run, state, train_loss, train_accuracy)
+        state.history.append(metrics)
+        _log_live(live, metrics)
+        save_checkpoint(paths.checkpoint_dir, _checkpoint_state(config, run, state))
+        if progress:
+            print(_epoch_line(config, metrics))
+        if on_epoch_end is not None:
+            on_epoch_end(state.epoch)
+    live.end()
+    record = build_record(config, run, state, data, device, paths, resolved_params, profile)
+    write_record(paths.record_path, record)
+    return record
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+@dataclass
+class PreparedRun:
+    """The model, optimizer and data of one run, ready to train."""
+
+    module: nn.Module  # plain trainable module (model, or its head for fixed-feature models)
+    full_model: nn.Module
+    ema: AveragedModel | None
+    setup: PrivateSetup | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: DataLoader
+    eval_sets: dict[str, EvalSet]
+    mean: Tensor
+    std: Tensor
+    features_precomputed: bool
+    n_train: int
+    method: str | None
+
+
+def prepare_run(config: TrainConfig, data, device: torch.device) -> PreparedRun:
+    """Build model, data, optimizer, privacy wrapper and scheduler; all checks happen before training."""
+    train_x, train_y = data.split("train")
+    if config.train_on_validation:
+        val_x, val_y = data.split("val")
+        train_x, train_y = torch.cat([train_x, val_x]), torch.cat([train_y, val_y])
+    config.check_dataset_size(len(train_y))
+    image_size = int(train_x.shape[-1])
+    model = build_model(
+        config.model, num_classes=data.num_classes, image_size=image_size, **config.model_options
+    )
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ConfigError(f"run {config.run_id!r}: model {config.model!r} is not DP-compatible: {errors}")
+    model = model.to(device)
+    mean, std = torch.as_tensor(data.mean, device=device), torch.as_tensor(data.std, device=device)
+
+    frontend = getattr(model, "frozen_frontend", None)
+    features_precomputed = frontend is not None
+    eval_sets: dict[str, EvalSet] = {}
+    for split in ("val", "test"):
+        x, y = data.split(split)
+        if len(y) == 0:
+            continue
+        if features_precomputed:
+            eval_sets[split] = EvalSet(_features(frontend, x, mean, std, device), y.to(device), True)
+        else:
+            eval_sets[split] = EvalSet(x.to(device), y.to(device), False)
+    if features_precomputed:
+        if config.augmentation_multiplicity:
+            raise ConfigError(
+                f"run {config.run_id!r}: augmentation needs images; model {config.model!r} "
+                "trains on fixed features (set augmentation_multiplicity: 0)"
+            )
+        train_dataset = TensorDataset(_features(frontend, train_x, mean, std, device).cpu(), train_y)
+        module = model.head
+    else:
+        train_dataset = TensorDataset(train_x, train_y)
+        module = model
+
+    ema = None
+    if config.ema_decay is not None:  # copied before Opacus attaches its hooks to the module
+        ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    setup = None
+    method = None
+    if config.private:
+        method = resolve_method(config, device)
+        setup = make_private(
+            module,
+            optimizer,
+            train_dataset,
+            method=method,
+            logical_batch_size=config.logical_batch_size,
+            max_grad_norm=config.max_grad_norm,
+            epochs=config.epochs,
+            accountant=config.accountant,
+            delta=config.delta,
+            target_epsilon=config.target_epsilon,
+            noise_multiplier=config.noise_multiplier,
+            poisson_sampling=config.poisson_sampling,
+        )
+        optimizer, train_loader = setup.optimizer, setup.loader
+    else:
+        train_loader = DataLoader(train_dataset, batch_size=config.logical_batch_size, shuffle=True)
+    if config.lr_schedule == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=config.lr_step_size, gamma=config.lr_gamma
+        )
+    else:
+        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return PreparedRun(
+        module,
+        model,
+        ema,
+        setup,
+        optimizer,
+        scheduler,
+        train_loader,
+        eval_sets,
+        mean,
+        std,
+        features_precomputed,
+        len(train_y),
+        method,
+    )
+
+
+def resolve_method(config: TrainConfig, device: torch.device) -> str:
+    """The per-sample gradient method: the configured one, or for ``auto`` the fastest measured one."""
+    if config.grad_sample_mode != "auto":
+        return config.grad_sample_mode
+    try:
+        from smoothnet.privacy.method_select import choose_method
+    except ImportError:
+        return "hooks"
+    return choose_method(config.model, device.type)
+
+
+@torch.no_grad()
+def _features(
+    frontend: nn.Module,
+    images: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    device: torch.device,
+    batch_size: int = 512,
+) -> Tensor:
+    frontend.eval()
+    chunks = [
+        frontend(normalize(images[i : i + batch_size].to(device), mean, std))
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _model_inputs(config: TrainConfig, run: PreparedRun, x: Tensor, device: torch.device) -> Tensor:
+    x = x.to(device, non_blocking=True)
+    if run.features_precomputed:
+        return x
+    x = normalize(x, run.mean, run.std)
+    if config.augmentation_multiplicity:
+        x = augmentation_views(x, config.augmentation_multiplicity)
+    return x
+
+
+def _train_one_epoch(
+    config: TrainConfig, run: PreparedRun, state: RunState, device: torch.device, progress: bool
+) -> tuple[float, float, int]:
+    """One pass over the training set in logical batches split into physical ones."""
+    run.module.train()
+    k = max(config.augmentation_multiplicity, 1)
+    total_loss, correct, seen = 0.0, 0.0, 0
+    with _physical_batches(config, run) as batches:
+        bar = tqdm(
+            batches,
+            desc=f"{config.run_id} epoch {state.epoch + 1}/{config.epochs}",
+            leave=False,
+            disable=not progress,
+            unit="batch",
+        )
+        for x, y in bar:
+            if len(y) == 0:
+                _noise_only_step(run)  # an empty Poisson batch still releases a noisy update
+                state.steps += 1
+                continue
+            inputs = _model_inputs(config, run, x, device)
+            targets = y.to(device).repeat_interleave(k) if k > 1 else y.to(device)
+            if run.setup is not None:
+                logits = run.setup.model(inputs)
+                loss = run.setup.backward(logits, targets, k)
+                run.optimizer.step()
+                took_step = not run.optimizer._is_last_step_skipped
+                run.optimizer.zero_grad(set_to_none=True)
+            else:
+                logits = run.module(inputs)
+                loss = F.cross_entropy(logits, targets)
+                (loss * len(y) / batches.logical_size).backward()
+                took_step = batches.last_chunk
+                if took_step:
+                    run.optimizer.step()
+                    run.optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"run {config.run_id!r}: loss became {loss.item()} in epoch {state.epoch + 1}; the last good "
+                    "checkpoint (previous epoch) is kept. Lower lr or max_grad_norm."
+                )
+            if took_step:
+                state.steps += 1
+                if run.ema is not None:
+                    run.ema.update_parameters(run.module)
+            total_loss += loss.item() * len(y)
+            correct += (logits.argmax(1) == targets).float().view(-1, k).mean(1).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{total_loss / max(seen, 1):.3f}")
+    return total_loss / max(seen, 1), correct / max(seen, 1), seen
+
+
+def _noise_only_step(run: PreparedRun) -> None:
+    """Take the DP step of an empty logical batch: zero clipped sum plus noise (never skip it: whether a
+    Poisson batch is empty depends on the data, so a skipped step would leak)."""
+    if run.setup is None:
+        return
+    for p in run.optimizer.params:
+        if run.setup.method in ("fast", "ghost"):
+            p.grad = torch.zeros_like(p)
+        else:
+            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+class _NonPrivateBatches:
+    """Splits shuffled logical batches into physical ones (gradient accumulation), like BatchMemoryManager."""
+
+    def __init__(self, loader: DataLoader, physical: int) -> None:
+        self.loader, self.physical = loader, physical
+        self.last_chunk, self.logical_size = True, 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def __iter__(self):
+        for x, y in self.loader:
+            chunks = list(zip(x.split(self.physical), y.split(self.physical), strict=True))
+            self.logical_size = len(y)
+            for i, (cx, cy) in enumerate(chunks):
+                self.last_chunk = i == len(chunks) - 1
+                yield cx, cy
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def _physical_batches(config: TrainConfig, run: PreparedRun):
+    if run.setup is not None:
+        return BatchMemoryManager(
+            data_loader=run.train_loader,
+            max_physical_batch_size=config.physical_batch_size,
+            optimizer=run.optimizer,
+        )
+    return _NonPrivateBatches(run.train_loader, config.physical_batch_size)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def accuracy(module: nn.Module, eval_set: EvalSet, mean: Tensor, std: Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``module`` on a split."""
+    module.eval()
+    correct = 0
+    for i in range(0, len(eval_set.labels), batch_size):
+        x = eval_set.inputs[i : i + batch_size]
+        if not eval_set.normalised:
+            x = normalize(x, mean, std)
+        correct += (module(x).argmax(1) == eval_set.labels[i : i + batch_size]).sum().item()
+    module.train()
+    return correct / len(eval_set.labels)
+
+
+def _evaluate_epoch(
+    config: TrainConfig, run: PreparedRun, state: RunState, train_loss: float, train_accuracy: float
+) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
+        "epoch": state.epoch,
+        "steps": state.steps,
+        "train_loss": train_loss,
+        "train_accuracy": train_accuracy,
+        "lr": run.optimizer.param_groups[0]["lr"],
+    }
+    for split, eval_set in run.eval_sets.items():
+        metrics[f"{split}_accuracy"] = accuracy(run.module, eval_set, run.mean, run.std)
+        if run.ema is not None:
+            metrics[f"{split}_accuracy_ema"] = accuracy(run.ema.module, eval_set, run.mean, run.std)
+    metrics["epsilon"] = _spent_epsilon(config, run)
+    return metrics
+
+
+def _spent_epsilon(config: TrainConfig, run: PreparedRun) -> float | None:
+    if run.setup is None:
+        return None
+    if not run.setup.accountant.history:
+        return 0.0
+    return float(run.setup.accountant.get_epsilon(delta=config.delta))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_state(config: TrainConfig, run: PreparedRun, state: RunState) -> dict[str, Any]:
+    optimizer = getattr(run.optimizer, "original_optimizer", run.optimizer)
+    return {
+        "config_fingerprint": config_fingerprint(config),
+        "module": run.module.state_dict(),
+        "full_model": run.full_model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "accountant": run.setup.accountant.state_dict() if run.setup is not None else None,
+        "noise_multiplier": run.setup.noise_multiplier if run.setup is not None else None,
+        "state": state.__dict__,
+        "rng": rng_state(),
+    }
+
+
+def _restore(checkpoint: dict[str, Any], config: TrainConfig, run: PreparedRun) -> RunState:
+    if checkpoint["config_fingerprint"] != config_fingerprint(config):
+        raise ConfigError(
+            f"run {config.run_id!r}: the checkpoint was written by a different configuration; delete the "
+            "checkpoint folder to start over, or restore the parameters it was written with"
+        )
+    run.full_model.load_state_dict(checkpoint["full_model"])
+    getattr(run.optimizer, "original_optimizer", run.optimizer).load_state_dict(checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    if run.ema is not None:
+        run.ema.load_state_dict(checkpoint["ema"])
+    if run.setup is not None:
+        if checkpoint["noise_multiplier"] != run.setup.noise_multiplier:
+            raise ConfigError(f"run {config.run_id!r}: checkpoint noise multiplier differs from this run's")
+        run.setup.accountant.load_state_dict(checkpoint["accountant"])
+    set_rng_state(checkpoint["rng"])
+    return RunState(**checkpoint["state"])
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+def _open_live(run_dir: Path, history: list[dict[str, Any]]):
+    """A DVCLive logger; on resume the stored history is replayed so the curves have no gaps or repeats."""
+    from dvclive import Live
+
+    live = Live(dir=str(run_dir / "dvclive"), resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
+    for metrics in history:
+        _log_live(live, metrics)
+    return live
+
+
+def _log_live(live, metrics: dict[str, Any]) -> None:
+    for key, value in metrics.items():
+        if key in ("epoch", "steps") or value is None:
+            continue
+        live.log_metric(
+            key.replace("_", "/", 1) if key.startswith(("train_", "val_", "test_")) else key, value, plot=True
+        )
+    live.next_step()
+
+
+def _epoch_line(config: TrainConfig, metrics: dict[str, Any]) -> str:
+    eps = metrics.get("epsilon")
+    parts = [
+        f"[{config.run_id}] epoch {metrics['epoch']}/{config.epochs}",
+        f"loss {metrics['train_loss']:.3f}",
+    ]
+    for split in ("val", "test"):
+        if f"{split}_accuracy" in metrics:
+            parts.append(f"{split} {100 * metrics[f'{split}_accuracy']:.2f}%")
+    if eps is not None:
+        parts.append(f"eps {eps:.3f}")
+    return "  ".join(parts)
+
+
+# ----------------------------------------------------------------------------- record
+
+
+def build_record(
+    config: TrainConfig,
+    run: PreparedRun,
+    state: RunState,
+    data,
+    device: torch.device,
+    paths: RunPaths,
+    resolved_params: dict[str, Any] | None,
+    profile: str,
+) -> dict[str, Any]:
+    """The run record (schema: smoothnet.records.REQUIRED_FIELDS)."""
+    from smoothnet.privacy.accounting import compute_epsilon
+
+    history = state.history
+    best = _best_epoch(history)
+    planned_steps = config.epochs * len(run.train_loader)
+    privacy: dict[str, Any] = {
+        "private": config.private,
+        "target_epsilon": config.target_epsilon if config.private else None,
+        "delta": config.delta if config.private else None,
+        "noise_multiplier": None,
+        "max_grad_norm": config.max_grad_norm if config.private else None,
+        "sample_rate": None,
+        "steps": state.steps,
+        "planned_steps": planned_steps,
+        "sampling": "poisson" if (config.private and config.poisson_sampling) else "shuffle",
+        "accountant": config.accountant if config.private else None,
+        "epsilon": None,
+        "epsilon_by_accountant": {},
+        "grad_sample_mode": run.method,
+        "expected_batch_size": None,
+        "accountant_history": [],
+    }
+    if run.setup is not None:
+        setup = run.setup
+        privacy.update(
+            noise_multiplier=float(setup.noise_multiplier),
+            sample_rate=float(setup.sample_rate),
+            expected_batch_size=setup.expected_batch_size,
+            epsilon=_spent_epsilon(config, run),
+            accountant_history=[list(map(float, h[:2])) + [int(h[2])] for h in setup.accountant.history],
+        )
+        privacy["epsilon_by_accountant"] = {
+            name: compute_epsilon(delta=config.delta, accountant=name, history=privacy["accountant_history"])
+            for name in ("rdp", "prv")
+        }
+    revision, dirty = git_state(paths.repo_root)
+    peak = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    final = history[-1] if history else {}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": config.run_id,
+        "profile": profile,
+        "stage": f"train@{config.run_id}",
+        "params": resolved_params if resolved_params is not None else config.to_params(),
+        "model": {
+            "name": config.model,
+            "options": dict(config.model_options),
+            "num_parameters": count_parameters(run.full_model),
+            "has_batchnorm": any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in run.full_model.modules()
+            ),
+        },
+        "dataset": {
+            "name": config.dataset,
+            "fingerprint": dict(data.manifest.get("fingerprint", {})),
+            "manifest_sha256": data.manifest_sha256,
+            "n_train": run.n_train,
+            "n_val": 0 if config.train_on_validation else len(data.split("val")[1]),
+            "n_test": len(data.split("test")[1]),
+        },
+        "privacy": privacy,
+        "training": {
+            "epochs": config.epochs,
+            "epochs_completed": state.epoch,
+            "logical_batch_size": config.logical_batch_size,
+            "physical_batch_size": config.physical_batch_size,
+            "seed": config.seed,
+            "optimizer": config.optimizer,
+            "lr": config.lr,
+            "momentum": config.momentum,
+            "weight_decay": config.weight_decay,
+            "lr_schedule": config.lr_schedule,
+            "augmentation_multiplicity": config.augmentation_multiplicity,
+            "ema_decay": config.ema_decay,
+            "train_on_validation": config.train_on_validation,
+        },
+        "results": {
+            "best_epoch": best.get("epoch"),
+            "best_val_accuracy": best.get("val_accuracy"),
+            "final_val_accuracy": final.get("val_accuracy"),
+            "test_accuracy_at_best_val": best.get("test_accuracy"),
+            "final_test_accuracy": final.get("test_accuracy"),
+            "final_test_accuracy_ema": final.get("test_accuracy_ema"),
+            "history": history,
+        },
+        "performance": {
+            "wall_time_s": round(state.train_seconds, 3),
+            "images_per_second": round(state.examples_seen / state.train_seconds, 3)
+            if state.train_seconds
+            else 0.0,
+            "peak_memory_bytes": int(peak),
+            "device": device_name(device),
+        },
+        "environment": {**library_versions(), "git_revision": revision, "git_dirty": dirty},
+    }
+
+
+def _best_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The epoch with the best validation accuracy (first on ties); the last epoch without validation."""
+    scored = [h for h in history if h.get("val_accuracy") is not None]
+    if not scored:
+        return history[-1] if history else {}
+    return max(scored, key=lambda h: (h["val_accuracy"], -h["epoch"]))

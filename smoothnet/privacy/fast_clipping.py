@@ -1,0 +1,393 @@
+"""Fast per-sample clipping: the clipped sum of per-example gradients in one forward and one backward.
+
+Book-keeping (Bu et al. 2022, "Differentially private optimization on large model at small cost"),
+as a plug-in beside Opacus. :class:`ClippedGradientModule` wraps a model; its forward runs with the
+trainable parameters detached from the graph (``requires_grad`` off, input ``requires_grad`` on), so
+the single backward computes only activation gradients. Hooks on every layer with parameters keep
+the layer's input and the gradient of its output; from those each layer gives its per-example
+gradient norms and, once the clip factors are known, its clipped summed gradient:
+
+- ``materialize``: per-example weight gradients (for a convolution: one oneDNN weight-gradient call
+  per example, the same arithmetic as the batched weight gradient), then norms and a weighted sum
+  over the batch. Memory: batch x parameters of the layer.
+- ``ghost``: norms from Gram matrices (cost ~ B T^2 (d + p), T spatial positions; for a Linear layer
+  on vectors the norm is ||a|| ||g||), then the clipped sum as ONE batched weight gradient with the
+  output gradients scaled by each example's clip factor. Memory: the layer's input and output grad.
+- ``auto`` (default, "mixed ghost clipping"): per layer, ``ghost`` where 2 T^2 <= p d, else ``materialize``.
+
+Conv1d/2d/3d, Linear, GroupNorm and LayerNorm have exact rules (matched by exact type: a subclass
+may change the forward, e.g. weight standardisation). Any other module with trainable parameters of
+its own falls back to torch.func per-example gradients of that module's own parameters. BatchNorm
+mixes examples in a batch and is refused. Privacy-critical: per-example norms use the same
+clip factor as Opacus, ``min(1, C / (||g_i|| + 1e-6))``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+METHODS = ("auto", "ghost", "materialize")
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.GroupNorm, nn.LayerNorm)
+_EPS = 1e-6  # Opacus' clip factor: C / (norm + 1e-6), at most 1
+
+
+@dataclass
+class _Capture:
+    """What one call of a layer left for the backward: its inputs and, later, its output gradient."""
+
+    args: tuple
+    kwargs: dict
+    versions: tuple
+    grad_output: Tensor | None = None
+
+
+@dataclass
+class _LayerState:
+    """Per-layer book-keeping of one step."""
+
+    captures: list[_Capture] = field(default_factory=list)
+    grad_samples: dict[str, Tensor] = field(default_factory=dict)  # name -> (examples, *shape), fp32
+    ghost: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (input, scaled output grad)
+    norm_sq: Tensor | None = None  # ghost layers: per-example squared norm
+
+
+def layer_rule(module: nn.Module) -> str:
+    """How ``module``'s own trainable parameters get per-example gradients: conv, linear, norm, functorch.
+
+    Raises ``ValueError`` for BatchNorm (it mixes the examples of a batch, so per-example gradients
+    are not defined): replace it with GroupNorm (``opacus.validators.ModuleValidator.fix``).
+    """
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        raise ValueError(
+            f"{type(module).__name__} mixes the examples of a batch: per-example gradients are undefined; "
+            "replace it with GroupNorm (opacus.validators.ModuleValidator.fix(model))"
+        )
+    if type(module) in _CONVS and not isinstance(module.padding, str):
+        return "conv"
+    if type(module) is nn.Linear:
+        return "linear"
+    if type(module) in _NORMS:
+        return "norm"
+    return "functorch"
+
+
+class ClippedGradientModule(nn.Module):
+    """Wraps ``module``; ``clipped_backward`` puts the clipped per-example gradient sum into ``p.grad``.
+
+    Args:
+        module: the model. Every module owning trainable parameters gets a rule (see module docstring).
+        max_grad_norm: clipping bound C (> 0; ``math.inf`` disables clipping).
+        method: ``auto`` (mixed, default), ``ghost`` or ``materialize`` (see module docstring).
+    """
+
+    def __init__(self, module: nn.Module, max_grad_norm: float, method: str = "auto") -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+        if not (max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be > 0 (math.inf disables clipping), got {max_grad_norm!r}")
+        self._module = module
+        self.max_grad_norm = float(max_grad_norm)
+        self.method = method
+        self._layers: dict[nn.Module, tuple[str, dict[str, nn.Parameter]]] = {}
+        for _, sub in module.named_modules():
+            own = {n: p for n, p in sub.named_parameters(recurse=False) if p.requires_grad}
+            if own:
+                self._layers[sub] = (layer_rule(sub), own)
+        if not self._layers:
+            raise ValueError("the module has no trainable parameters")
+        self._params = [p for _, own in self._layers.values() for p in own.values()]
+        self._state: dict[nn.Module, _LayerState] | None = None
+        self._batch_rows = 0
+        self._capturing = False
+        self._backward_state: dict[nn.Module, _LayerState] | None = None
+        self._group_size = 1
+        self._handles = [
+            sub.register_forward_hook(self._forward_hook, with_kwargs=True) for sub in self._layers
+        ]
+
+    @property
+    def module(self) -> nn.Module:
+        """The wrapped model."""
+        return self._module
+
+    def layer_methods(self) -> dict[str, str]:
+        """``{qualified module name: rule}`` for every module owning trainable parameters."""
+        names = {sub: name for name, sub in self._module.named_modules()}
+        return {names[sub] or "<root>": rule for sub, (rule, _) in self._layers.items()}
+
+    def forward(self, x: Tensor, *args, **kwargs):
+        """The wrapped model's output; with grad enabled in training mode, records what clipping needs."""
+        if not (torch.is_grad_enabled() and self.training):
+            self._state = None
+            return self._module(x, *args, **kwargs)
+        if not torch.is_floating_point(x):
+            raise TypeError(f"ClippedGradientModule needs a floating-point input, got dtype {x.dtype}")
+        self._state = {sub: _LayerState() for sub in self._layers}
+        self._batch_rows = x.shape[0]
+        x = x.detach().requires_grad_(True)  # the backward reaches every layer without weight gradients
+        flags = [p.requires_grad for p in self._params]
+        self._capturing = True
+        try:
+            for p in self._params:
+                p.requires_grad_(False)
+            return self._module(x, *args, **kwargs)
+        finally:
+            self._capturing = False
+            for p, flag in zip(self._params, flags, strict=True):
+                p.requires_grad_(flag)
+
+    def _forward_hook(self, sub: nn.Module, args: tuple, kwargs: dict, output) -> None:
+        if not self._capturing or self._state is None:
+            return
+        args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+        versions = tuple(a._version for a in args if isinstance(a, Tensor))
+        capture = _Capture(args, dict(kwargs), versions)
+        self._state[sub].captures.append(capture)
+        if isinstance(output, Tensor) and output.requires_grad:
+            output.register_hook(lambda grad, sub=sub, capture=capture: self._on_grad(sub, capture, grad))
+        elif not isinstance(output, Tensor):
+            raise TypeError(
+                f"{type(sub).__name__} returns {type(output).__name__}; per-sample rules need a Tensor"
+            )
+
+    def _on_grad(self, sub: nn.Module, capture: _Capture, grad: Tensor) -> None:
+        # Runs inside the backward. A layer called once is processed at once, so its input and output
+        # gradient are freed as the backward proceeds; a layer called several times waits for the end.
+        if self._backward_state is None:
+            raise RuntimeError(
+                "a ClippedGradientModule's loss must be backpropagated with clipped_backward()"
+            )
+        layer = self._backward_state[sub]
+        capture.grad_output = grad if capture.grad_output is None else capture.grad_output + grad
+        if len(layer.captures) == 1:
+            self._per_example(sub, layer, self._group_size)
+
+    def clipped_backward(self, per_sample_loss: Tensor, group_size: int = 1) -> Tensor:
+        """Accumulate into ``p.grad`` (``+=``) the clipped sum ``sum_i min(1, C/||g_i||) g_i``.
+
+        ``g_i`` is the gradient of ``per_sample_loss[i]``; with ``group_size`` K > 1, rows
+        ``i*K .. i*K+K-1`` are one example and ``g_i`` is the mean of their K gradients
+        (augmentation multiplicity). Returns the per-example norms before clipping, shape (B/K,).
+        No noise and no averaging: the DP optimizer adds noise and divides by the expected batch size.
+        """
+        if self._state is None:
+            raise RuntimeError(
+                "clipped_backward needs a forward in training mode with grad enabled just before"
+            )
+        if per_sample_loss.dim() != 1 or per_sample_loss.shape[0] != self._batch_rows:
+            raise ValueError(
+                f"per_sample_loss must have shape ({self._batch_rows},) (one loss per input row; use "
+                f"reduction='none'), got {tuple(per_sample_loss.shape)}"
+            )
+        if not isinstance(group_size, int) or group_size < 1 or self._batch_rows % group_size:
+            raise ValueError(
+                f"group_size must be a positive divisor of the batch {self._batch_rows}, got {group_size!r}"
+            )
+        rows, k = self._batch_rows, group_size
+        examples = rows // k
+        state, self._state = self._state, None
+        self._backward_state, self._group_size = state, k
+        try:
+            (per_sample_loss.sum() / k).backward()  # row grads / K: a group's sum is its mean gradient
+        finally:
+            self._backward_state = None
+        norm_sq = torch.zeros(examples, device=per_sample_loss.device, dtype=torch.float32)
+        for sub, layer in state.items():
+            if layer.captures:
+                self._per_example(sub, layer, k)
+            for gs in layer.grad_samples.values():
+                norm_sq += gs.flatten(1).pow(2).sum(1)
+            if layer.norm_sq is not None:
+                norm_sq += layer.norm_sq
+        norms = norm_sq.sqrt()
+        clip = (self.max_grad_norm / (norms + _EPS)).clamp(max=1.0)
+        for sub, (_, own) in self._layers.items():
+            layer = state[sub]
+            for name, p in own.items():
+                if name in layer.grad_samples:
+                    _accumulate(p, torch.tensordot(clip, layer.grad_samples[name], dims=1))
+            for x, go in layer.ghost:
+                self._ghost_sum(sub, own, x, go, clip.repeat_interleave(k))
+            for p in own.values():
+                if p.grad is None:  # layer unused by this loss: its gradient is zero
+                    p.grad = torch.zeros_like(p)
+        return norms
+
+    def _per_example(self, sub: nn.Module, layer: _LayerState, k: int) -> None:
+        rule, own = self._layers[sub]
+        used = [c for c in layer.captures if c.grad_output is not None]
+        single_use = len(layer.captures) == 1
+        layer.captures = []
+        for c in used:
+            now = tuple(a._version for a in c.args if isinstance(a, Tensor))
+            if now != c.versions:
+                raise RuntimeError(
+                    f"the input of {type(sub).__name__} was modified in place after the layer ran; "
+                    "per-sample gradients need it unchanged (use inplace=False on the following op)"
+                )
+            x, go = c.args[0], c.grad_output
+            if rule == "conv":
+                self._conv(sub, own, layer, x, go, k, single_use)
+            elif rule == "linear":
+                self._linear(own, layer, x, go, k, single_use)
+            elif rule == "norm":
+                _add_samples(layer, _norm_samples(sub, own, x, go, k))
+            else:
+                _add_samples(layer, _functorch_samples(sub, own, c, k))
+
+    def _use_ghost(self, positions: int, fan_in: int, fan_out: int, single_use: bool) -> bool:
+        if not single_use or self.method == "materialize":
+            return False
+        return self.method == "ghost" or 2 * positions * positions <= fan_in * fan_out
+
+    def _conv(self, conv, own, layer, x, go, k, single_use) -> None:
+        x = _conv_input(conv, x)
+        rows = x.shape[0]
+        positions = k * math.prod(go.shape[2:])
+        fan_in = conv.weight[0].numel()
+        ghost = conv.groups == 1 and self._use_ghost(positions, fan_in, conv.out_channels, single_use)
+        if "bias" in own:
+            _add_samples(layer, {"bias": go.float().flatten(2).sum(2).view(rows // k, k, -1).sum(1)})
+        if ghost:
+            unfold = _unfold(conv, x)  # (rows, fan_in, T)
+            a = unfold.view(rows // k, k, fan_in, -1).transpose(1, 2).flatten(2).float()
+            g = go.flatten(2).view(rows // k, k, conv.out_channels, -1).transpose(1, 2).flatten(2).float()
+            layer.norm_sq = _ghost_norm_sq(a, g) + (0 if layer.norm_sq is None else layer.norm_sq)
+            layer.ghost.append((x, go))
+            return
+        samples = torch.empty((rows // k, *conv.weight.shape), dtype=torch.float32, device=x.device)
+        for i in range(rows // k):
+            part = slice(i * k, i * k + k)
+            samples[i] = _conv_weight_grad(conv, x[part], go[part])
+        _add_samples(layer, {"weight": samples})
+
+    def _linear(self, own, layer, x, go, k, single_use) -> None:
+        rows, fan_in, fan_out = x.shape[0], x.shape[-1], go.shape[-1]
+        a = x.reshape(rows // k, -1, fan_in).float()  # (examples, K*T, d)
+        g = go.reshape(rows // k, -1, fan_out).float()
+        if "bias" in own:
+            _add_samples(layer, {"bias": g.sum(1)})
+        if "weight" not in own:
+            return
+        if self._use_ghost(a.shape[1], fan_in, fan_out, single_use):
+            if a.shape[1] == 1:
+                norm_sq = a.pow(2).sum((1, 2)) * g.pow(2).sum((1, 2))
+            else:
+                norm_sq = _ghost_norm_sq(a.transpose(1, 2), g.transpose(1, 2))
+            layer.norm_sq = norm_sq + (0 if layer.norm_sq is None else layer.norm_sq)
+            layer.ghost.append((x, go))
+        else:
+            _add_samples(layer, {"weight": torch.einsum("btp,btd->bpd", g, a)})
+
+    def _ghost_sum(self, sub, own, x, go, row_clip: Tensor) -> None:
+        scale = row_clip.view(-1, *([1] * (go.dim() - 1)))
+        go = (go.float() * scale).to(go.dtype)
+        if type(sub) is nn.Linear:
+            grad = go.reshape(-1, go.shape[-1]).float().t() @ x.reshape(-1, x.shape[-1]).float()
+        else:
+            grad = _conv_weight_grad(sub, x, go)
+        _accumulate(own["weight"], grad)
+
+
+def _accumulate(p: nn.Parameter, grad: Tensor) -> None:
+    grad = grad.to(p.dtype).view_as(p)
+    if p.grad is None:
+        p.grad = grad
+    else:
+        p.grad += grad
+
+
+def _add_samples(layer: _LayerState, samples: dict[str, Tensor]) -> None:
+    for name, gs in samples.items():
+        gs = gs.float()
+        layer.grad_samples[name] = gs if name not in layer.grad_samples else layer.grad_samples[name] + gs
+
+
+def _ghost_norm_sq(a: Tensor, g: Tensor) -> Tensor:
+    """Per-example ||g a^T||_F^2 from Gram matrices; a: (B, d, T), g: (B, p, T)."""
+    return (torch.bmm(a.transpose(1, 2), a) * torch.bmm(g.transpose(1, 2), g)).sum((1, 2))
+
+
+def _conv_input(conv, x: Tensor) -> Tensor:
+    if conv.padding_mode != "zeros":
+        return F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+    return x
+
+
+def _conv_padding(conv) -> list[int]:
+    return [0] * len(conv.kernel_size) if conv.padding_mode != "zeros" else list(conv.padding)
+
+
+def _conv_weight_grad(conv, x: Tensor, go: Tensor) -> Tensor:
+    """Weight gradient of ``conv`` summed over the rows of (padded) input x and output gradient go."""
+    return torch.ops.aten.convolution_backward(
+        go, x.to(go.dtype), conv.weight.to(go.dtype), None, list(conv.stride), _conv_padding(conv),
+        list(conv.dilation), False, [0] * len(conv.kernel_size), conv.groups, [False, True, False],
+    )[1].float()  # fmt: skip
+
+
+def _unfold(conv, x: Tensor) -> Tensor:
+    """im2col of x for ``conv`` (groups == 1): (rows, C_in * prod(kernel), positions)."""
+    if isinstance(conv, nn.Conv2d):
+        return F.unfold(x, conv.kernel_size, conv.dilation, _conv_padding(conv), conv.stride)
+    if isinstance(conv, nn.Conv1d):
+        x4 = x.unsqueeze(2)
+        k, d, p, s = ((1, v[0]) for v in (conv.kernel_size, conv.dilation, _conv_padding(conv), conv.stride))
+        return F.unfold(x4, k, d, p, s)
+    # Conv3d: pad, then unfold each spatial dimension
+    pads = [v for p in reversed(_conv_padding(conv)) for v in (p, p)]
+    xp = F.pad(x, pads)
+    for dim, (k, d, s) in enumerate(zip(conv.kernel_size, conv.dilation, conv.stride, strict=True)):
+        xp = xp.unfold(2 + dim, d * (k - 1) + 1, s)[..., ::d]
+    rows, cin = x.shape[:2]
+    # xp: (rows, cin, o1, o2, o3, k1, k2, k3) -> (rows, cin*k1*k2*k3, o1*o2*o3)
+    return xp.permute(0, 1, 5, 6, 7, 2, 3, 4).reshape(rows, cin * math.prod(conv.kernel_size), -1)
+
+
+def _norm_samples(norm, own, x: Tensor, go: Tensor, k: int) -> dict[str, Tensor]:
+    """Per-example gradients of GroupNorm/LayerNorm affine parameters from the normalised input."""
+    rows = x.shape[0]
+    if isinstance(norm, nn.GroupNorm):
+        xhat = F.group_norm(x.float(), norm.num_groups, None, None, norm.eps)
+        reduce = [0] + list(range(2, x.dim()))  # per channel
+        shape = (rows, norm.num_channels, -1)
+    else:
+        xhat = F.layer_norm(x.float(), norm.normalized_shape, None, None, norm.eps)
+        reduce = None
+        shape = (rows, -1, math.prod(norm.normalized_shape))
+    go = go.float()
+    out = {}
+    for name, value in (("weight", go * xhat), ("bias", go)):
+        if name not in own:
+            continue
+        if reduce is not None:
+            gs = value.reshape(shape).sum(2)
+        else:
+            gs = value.reshape(shape).sum(1)
+        out[name] = gs.view(rows // k, k, *own[name].shape).sum(1)
+    return out
+
+
+def _functorch_samples(sub: nn.Module, own: dict, c: _Capture, k: int):
+    """Per-example gradients of ``sub``'s own parameters by torch.func (vmap over rows of vjp)."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {n: p.detach() for n, p in own.items()}
+
+    def row_loss(params, go_row, *args_row):
+        args = tuple(a.unsqueeze(0) if isinstance(a, Tensor) else a for a in args_row)
+        out = functional_call(sub, params, args, c.kwargs)
+        return (out * go_row.unsqueeze(0)).sum()
+
+    in_dims = (None, 0) + tuple(0 if isinstance(a, Tensor) else None for a in c.args)
+    with torch.enable_grad():
+        samples = vmap(grad(row_loss), in_dims=in_dims)(params, c.grad_output, *c.args)
+    rows = c.grad_output.shape[0]
+    return {n: s.float().view(rows // k, k, *s.shape[1:]).sum(1) for n, s in samples.items()}

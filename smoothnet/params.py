@@ -5,7 +5,9 @@ Structure (grouped by stage, as DVC's example project):
 - ``data.<dataset>``: how the prepare stage gets and splits one dataset.
 - ``train``: defaults shared by every training run (the paper's setup, SPEC section 3).
 - ``runs.<run_id>``: one training run each; its keys override ``train`` (``model_options`` is merged).
-  DVC expands ``runs`` into the stages ``train@<run_id>``.
+  DVC expands ``runs`` into the stages ``train@<run_id>`` of ``dvc.yaml``.
+- ``ablations.<run_id>``: the thesis-style ablation grid, same form as ``runs``; its stages live in
+  ``ablations/dvc.yaml`` so that a plain ``dvc repro`` does not run them.
 - ``report`` and ``audit``: settings of the last two stages.
 
 A run's *resolved* parameters (defaults + overrides + its ``run_id``) are what the trainer reads, what
@@ -22,6 +24,7 @@ from typing import Any
 import yaml
 
 MERGED_KEYS = ("model_options",)
+RUN_GROUPS = ("runs", "ablations")
 
 
 class ParamsError(ValueError):
@@ -42,14 +45,26 @@ def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
     return params
 
 
+def run_group(params: dict[str, Any], run_id: str) -> str:
+    """Which group (``runs`` or ``ablations``) defines ``run_id``; a clear error when none does."""
+    for group in RUN_GROUPS:
+        if run_id in (params.get(group) or {}):
+            return group
+    known = sorted(k for group in RUN_GROUPS for k in (params.get(group) or {}))
+    raise ParamsError(f"unknown run {run_id!r}; runs in params: {', '.join(known) or 'none'}")
+
+
+def stage_name(params: dict[str, Any], run_id: str) -> str:
+    """The DVC stage that trains ``run_id``: ``train@<id>`` (dvc.yaml) or the ablation pipeline's stage."""
+    if run_group(params, run_id) == "ablations":
+        return f"ablations/dvc.yaml:ablate@{run_id}"
+    return f"train@{run_id}"
+
+
 def resolve_run(params: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """The resolved parameters of ``runs.<run_id>``: ``train`` defaults overridden by the run's keys."""
-    runs = params.get("runs") or {}
-    if run_id not in runs:
-        raise ParamsError(f"unknown run {run_id!r}; runs in params: {', '.join(sorted(runs)) or 'none'}")
-    defaults = copy.deepcopy(params.get("train") or {})
-    overrides = copy.deepcopy(runs[run_id] or {})
-    resolved = defaults
+    """The resolved parameters of ``run_id``: ``train`` defaults overridden by the run's own keys."""
+    overrides = copy.deepcopy(params[run_group(params, run_id)][run_id] or {})
+    resolved = copy.deepcopy(params.get("train") or {})
     for key, value in overrides.items():
         if key in MERGED_KEYS and isinstance(value, dict):
             resolved[key] = {**(resolved.get(key) or {}), **value}
@@ -63,5 +78,7 @@ def dataset_params(params: dict[str, Any], dataset: str) -> dict[str, Any]:
     """``data.<dataset>``; a clear error naming the valid datasets otherwise."""
     data = params.get("data") or {}
     if dataset not in data:
-        raise ParamsError(f"unknown dataset {dataset!r}; datasets in params: {', '.join(sorted(data)) or 'none'}")
+        raise ParamsError(
+            f"unknown dataset {dataset!r}; datasets in params: {', '.join(sorted(data)) or 'none'}"
+        )
     return copy.deepcopy(data[dataset])

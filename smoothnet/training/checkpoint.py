@@ -48,3 +48,11 @@ def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any] | None:
     if not path.exists():
         return None
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def set_aside_checkpoint(directory: str | os.PathLike) -> Path:
+    """Rename a checkpoint written by another configuration to ``last.pt.stale`` (nothing is deleted)."""
+    path = Path(directory) / CHECKPOINT_NAME
+    stale = path.with_suffix(".pt.stale")
+    os.replace(path, stale)
+    return stale

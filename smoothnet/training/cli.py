@@ -34,7 +34,7 @@ def run_profile(params: dict, study: str) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Resolve the run's params, validate them, train, print where the record went."""
-    from smoothnet.params import load_params, resolve_run
+    from smoothnet.params import load_params, resolve_run, stage_name
     from smoothnet.training.config import TrainConfig
     from smoothnet.training.environment import pick_device
     from smoothnet.training.trainer import RunPaths, train
@@ -59,6 +59,7 @@ def main(args: argparse.Namespace) -> int:
         paths,
         resolved_params=resolved,
         profile=run_profile(params, config.study),
+        stage=stage_name(params, args.run_id),
         device=device,
         progress=not args.no_progress,
     )

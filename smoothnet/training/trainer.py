@@ -28,7 +28,13 @@ from tqdm.auto import tqdm
 from smoothnet.models import build_model, count_parameters
 from smoothnet.records import SCHEMA_VERSION, write_record
 from smoothnet.training.batches import augmentation_views, normalize
-from smoothnet.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from smoothnet.training.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_aside_checkpoint,
+    set_rng_state,
+)
 from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.dp import PrivateSetup, make_private
 from smoothnet.training.environment import device_name, git_state, library_versions
@@ -95,6 +101,7 @@ def train(
         resolved_params: the run's params as read from params.yaml (stored verbatim in the record);
             defaults to the config's fields.
         profile: "paper", "improved" or "quick" (labels the record).
+        stage: the DVC stage name recorded (default ``train@<run_id>``).
         device: defaults to CUDA when available.
         progress: show tqdm bars.
         on_epoch_end: called with the completed epoch number after its checkpoint is written.
@@ -107,6 +114,13 @@ def train(
     run = prepare_run(config, data, device)
     state = RunState()
     checkpoint = load_checkpoint(paths.checkpoint_dir)
+    if checkpoint is not None and checkpoint["config_fingerprint"] != config_fingerprint(config):
+        stale = set_aside_checkpoint(paths.checkpoint_dir)
+        print(
+            f"[{config.run_id}] parameters changed since the last checkpoint; starting over (old one kept "
+            f"as {stale})"
+        )
+        checkpoint = None
     if checkpoint is not None:
         state = _restore(checkpoint, config, run)
         if progress:
@@ -130,6 +144,7 @@ def train(
             on_epoch_end(state.epoch)
     live.end()
     record = build_record(config, run, state, data, device, paths, resolved_params, profile)
+    record["stage"] = stage or record["stage"]
     write_record(paths.record_path, record)
     return record
 

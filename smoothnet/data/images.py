@@ -1,0 +1,101 @@
+"""Decoding image files of an image-folder mirror into uint8 arrays, optionally in worker processes.
+
+The resize + centre crop reproduces torchvision's ``Resize(r)`` + ``CenterCrop(s)`` on PIL images
+(the paper's ImageNette transform, r = 256, s = 224) without importing torch, so decoding workers stay
+light. tests/test_data_prepare.py checks the equality against torchvision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+
+class CorruptImageError(ValueError):
+    """An image file cannot be decoded (or has the wrong size); the message names the file."""
+
+
+def resize_center_crop(img: Image.Image, resize: int, crop: int) -> Image.Image:
+    """torchvision ``CenterCrop(crop)(Resize(resize)(img))`` for a PIL image (bilinear, antialiased)."""
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resize, int(resize * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.BILINEAR)
+    if new_w < crop or new_h < crop:
+        raise ValueError(f"resize {resize} is smaller than the crop {crop}")
+    top = int(round((new_h - crop) / 2.0))
+    left = int(round((new_w - crop) / 2.0))
+    return img.crop((left, top, left + crop, top + crop))
+
+
+def decode_image(path: str, resize: int | None, crop: int) -> tuple[np.ndarray, str]:
+    """Decode one file to RGB uint8 ``(3, crop, crop)`` plus the sha256 of its ``(H, W, 3)`` bytes.
+
+    ``resize=None`` keeps the image as it is and requires it to be ``crop`` x ``crop`` (CIFAR-10);
+    otherwise the shorter side is resized to ``resize`` and the centre ``crop`` x ``crop`` kept.
+    Grayscale, palette and RGBA images become RGB.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise CorruptImageError(
+            f"{path}: cannot decode this image ({exc}); replace or remove the file"
+        ) from exc
+    if resize is None:
+        if rgb.size != (crop, crop):
+            raise CorruptImageError(f"{path}: image is {rgb.size[0]}x{rgb.size[1]}, expected {crop}x{crop}")
+    else:
+        rgb = resize_center_crop(rgb, resize, crop)
+    hwc = np.asarray(rgb, dtype=np.uint8)
+    return np.ascontiguousarray(hwc.transpose(2, 0, 1)), hashlib.sha256(hwc.tobytes()).hexdigest()
+
+
+def _decode_star(args: tuple[str, int | None, int]) -> tuple[np.ndarray, str]:
+    return decode_image(*args)
+
+
+def decode_files(
+    paths: Sequence[str],
+    resize: int | None,
+    crop: int,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    desc: str = "decode",
+) -> tuple[np.ndarray, list[str]]:
+    """Decode ``paths`` in order into one uint8 ``(N, 3, crop, crop)`` array plus per-image digests."""
+    images = np.empty((len(paths), 3, crop, crop), dtype=np.uint8)
+    digests: list[str] = []
+    tasks = [(p, resize, crop) for p in paths]
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
+    if workers > 1 and len(paths) > 256:
+        chunksize = max(16, min(512, len(paths) // (workers * 8)))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            results = pool.map(_decode_star, tasks, chunksize=chunksize)
+            for i, (chw, digest) in enumerate(results):
+                images[i] = chw
+                digests.append(digest)
+                bar.update()
+    else:
+        for i, task in enumerate(tasks):
+            images[i], digest = decode_image(*task)
+            digests.append(digest)
+            bar.update()
+    bar.close()
+    return images, digests
+
+
+def default_workers() -> int:
+    """Decoding processes: 2 at most (the machines this package is developed on are shared)."""
+    return max(1, min(2, os.cpu_count() or 1))

@@ -1,0 +1,364 @@
+"""Prepare a dataset once: official splits -> fingerprints -> seeded split -> uint8 arrays + manifest.
+
+Output (docs/design.md, "Prepared dataset"): ``{train,val,test}_images.npy`` uint8 ``(N, 3, H, W)``,
+``{train,val,test}_labels.npy`` int64 and ``manifest.json``, written into a temporary folder that is
+renamed to ``out_dir`` at the end, so an interrupted preparation leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smoothnet.data.archives import (
+    is_cifar_folder,
+    read_cifar_archive,
+    read_cifar_folder,
+    safe_extract,
+)
+from smoothnet.data.catalog import (
+    FINGERPRINT_DEFINITION,
+    ArchiveSpec,
+    DatasetSpec,
+    dataset_spec,
+    resize_size,
+)
+from smoothnet.data.download import fetch_archive, md5_file
+from smoothnet.data.images import decode_files, default_workers
+from smoothnet.data.splits import canonical_order, fingerprint, image_digests, train_val_split
+from smoothnet.io import atomic_write_json, atomic_write_text, sha256_file
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+class PrepareError(ValueError):
+    """The dataset cannot be prepared from the given source or settings; the message says what to set."""
+
+
+class FingerprintWarning(UserWarning):
+    """The prepared CIFAR-10 is not the official set (a subset, another version, or a damaged copy)."""
+
+
+@dataclass
+class _Official:
+    """The two official splits of a dataset, decoded, with where they came from."""
+
+    images: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    digests: dict[str, list[str]]
+    source: dict[str, Any]
+
+
+def prepare_dataset(
+    name: str,
+    source: str,
+    out_dir: str | os.PathLike,
+    *,
+    val_fraction: float = 0.2,
+    split_seed: int = 0,
+    image_size: int | None = None,
+    raw_dir: str | os.PathLike = "data/raw",
+    archive: ArchiveSpec | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prepare ``name`` ("cifar10" or "imagenette") from ``source`` into ``out_dir``; return the manifest.
+
+    ``source`` is ``"download"`` (the official archive, fetched into ``raw_dir`` and checksum-verified),
+    a path to an image-folder mirror (``<split>/<class>/<file>``), to the downloaded archive, or (CIFAR-10)
+    to an extracted ``cifar-10-batches-py`` folder. ``archive`` replaces the official URL and checksum
+    (tests serve their own archives). ``image_size``: CIFAR-10 stays 32; ImageNette defaults to 224 =
+    Resize(256) + CenterCrop(224) as the paper, other sizes scale both the same way.
+    """
+    spec = dataset_spec(name)
+    params_key = f"data.{name}.source"
+    image_size = _check_image_size(spec, image_size)
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, (int, float))
+        or not 0 < val_fraction < 1
+    ):
+        raise PrepareError(f"data.{name}.val_fraction must be a number in (0, 1), got {val_fraction!r}")
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int):
+        raise PrepareError(f"data.{name}.split_seed must be an integer, got {split_seed!r}")
+    archive = archive or spec.archive
+    workers = default_workers() if workers is None else max(1, int(workers))
+    out_dir = Path(out_dir)
+
+    official = _load_official(
+        spec,
+        str(source),
+        image_size=image_size,
+        raw_dir=Path(raw_dir),
+        archive=archive,
+        params_key=params_key,
+        workers=workers,
+        progress=progress,
+    )
+    fingerprints = {split: fingerprint(official.digests[split]) for split in ("train", "test")}
+    matches = _check_fingerprint(spec, fingerprints, official.source)
+
+    train_idx, val_idx = train_val_split(
+        official.digests["train"], official.labels["train"], val_fraction=val_fraction, seed=split_seed
+    )
+    test_idx = canonical_order(
+        np.arange(len(official.labels["test"])), official.digests["test"], official.labels["test"]
+    )
+    picks = {"train": ("train", train_idx), "val": ("train", val_idx), "test": ("test", test_idx)}
+
+    manifest: dict[str, Any] = {
+        "format_version": MANIFEST_VERSION,
+        "dataset": name,
+        "classes": list(spec.classes),
+        "class_descriptions": list(spec.class_descriptions) or None,
+        "num_classes": len(spec.classes),
+        "source": official.source,
+        "image_size": image_size,
+        "transform": (
+            "none (stored as in the source, 32x32)"
+            if spec.fixed_image_size
+            else f"RGB, Resize({resize_size(image_size)}) bilinear antialiased, CenterCrop({image_size})"
+        ),
+        "split": {
+            "seed": split_seed,
+            "val_fraction": val_fraction,
+            "method": (
+                "per class, the round(n * val_fraction) images of the official training split with the "
+                "lowest sha256('<seed>:<image digest>'); arrays sorted by image digest"
+            ),
+            "test_is": f"the official {spec.test_split!r} split",
+        },
+        "counts": {},
+        "fingerprint": fingerprints,
+        "fingerprint_definition": FINGERPRINT_DEFINITION,
+        "official_fingerprint": spec.official_fingerprint,
+        "fingerprint_matches_official": matches,
+        "split_fingerprint": {},
+        "normalisation": {
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "source": spec.normalisation_source,
+        },
+        "files": {},
+    }
+    arrays: dict[str, np.ndarray] = {}
+    for split, (origin, idx) in picks.items():
+        labels = official.labels[origin][idx]
+        arrays[f"{split}_images"] = official.images[origin][idx]
+        arrays[f"{split}_labels"] = labels.astype(np.int64)
+        per_class = np.bincount(labels, minlength=len(spec.classes))
+        manifest["counts"][split] = {
+            "total": int(len(idx)),
+            "per_class": {cls: int(n) for cls, n in zip(spec.classes, per_class, strict=True)},
+        }
+        manifest["split_fingerprint"][split] = fingerprint(official.digests[origin][i] for i in idx)
+    del official
+    _write_atomically(out_dir, arrays, manifest)
+    log.info("prepared %s into %s: %s", name, out_dir, {s: manifest["counts"][s]["total"] for s in SPLITS})
+    return manifest
+
+
+def _check_image_size(spec: DatasetSpec, image_size: int | None) -> int:
+    key = f"data.{spec.name}.image_size"
+    if image_size is None:
+        return spec.default_image_size
+    if isinstance(image_size, bool) or not isinstance(image_size, int):
+        raise PrepareError(f"{key} must be an integer, got {image_size!r}")
+    if spec.fixed_image_size and image_size != spec.default_image_size:
+        raise PrepareError(
+            f"{key} = {image_size}: {spec.name} is kept at its native {spec.default_image_size}x"
+            f"{spec.default_image_size} (as the paper); set it to {spec.default_image_size} or leave it out"
+        )
+    if image_size < 8:
+        raise PrepareError(f"{key} = {image_size}: too small (at least 8)")
+    return image_size
+
+
+def _load_official(
+    spec: DatasetSpec,
+    source: str,
+    *,
+    image_size: int,
+    raw_dir: Path,
+    archive: ArchiveSpec,
+    params_key: str,
+    workers: int,
+    progress: bool,
+) -> _Official:
+    if source == "download":
+        path = fetch_archive(archive, raw_dir, params_key=params_key, progress=progress)
+        info = {"kind": "download", "path": str(path), "url": archive.url}
+        return _from_archive(spec, path, info, archive, image_size, raw_dir, workers, progress)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise PrepareError(
+            f"{params_key} = {source!r}: no such file or folder. Set it to 'download' (official archive), "
+            f"to an image-folder mirror (<split>/<class>/<file>) or to the downloaded {archive.filename}."
+        )
+    if path.is_file():
+        actual = md5_file(path)
+        if actual != archive.md5:
+            raise PrepareError(
+                f"{params_key} = {source!r}: md5 {actual} is not the published {archive.md5} of "
+                f"{archive.filename}; this is not the official archive (point {params_key} at a verified "
+                f"copy, at an image-folder mirror, or set it to 'download'). The file was left in place."
+            )
+        info = {"kind": "archive", "path": source, "url": archive.url}
+        return _from_archive(spec, path, info, archive, image_size, raw_dir, workers, progress)
+    if spec.name == "cifar10" and is_cifar_folder(path):
+        splits = read_cifar_folder(path)
+        return _from_arrays(splits, {"kind": "extracted", "path": source, "url": None})
+    root = _split_root(path, spec)
+    if root is None:
+        raise PrepareError(
+            f"{params_key} = {source!r}: expected an image-folder mirror with the folders "
+            f"{spec.train_split}/ and {spec.test_split}/ (each <class>/<file>), found neither"
+        )
+    info = {"kind": "mirror", "path": source, "url": None}
+    return _from_mirror(spec, root, info, image_size, workers, progress)
+
+
+def _from_archive(
+    spec: DatasetSpec,
+    path: Path,
+    info: dict[str, Any],
+    archive: ArchiveSpec,
+    image_size: int,
+    raw_dir: Path,
+    workers: int,
+    progress: bool,
+) -> _Official:
+    info = {**info, "archive_md5": archive.md5, "archive_sha256": sha256_file(path)}
+    if spec.name == "cifar10":
+        return _from_arrays(read_cifar_archive(path), info)
+    dest = raw_dir / f"{archive.filename}.extracted"
+    marker = dest / ".extracted-from-md5"
+    if not (marker.exists() and marker.read_text().strip() == archive.md5):
+        log.info("extracting %s into %s", path, dest)
+        safe_extract(path, dest)
+        atomic_write_text(marker, archive.md5 + "\n")
+    root = _split_root(dest, spec)
+    if root is None:
+        raise PrepareError(f"{path}: the archive holds no {spec.train_split}/ and {spec.test_split}/ folders")
+    return _from_mirror(spec, root, info, image_size, workers, progress)
+
+
+def _from_arrays(splits: dict[str, tuple[np.ndarray, np.ndarray]], info: dict[str, Any]) -> _Official:
+    return _Official(
+        images={s: x for s, (x, _) in splits.items()},
+        labels={s: y for s, (_, y) in splits.items()},
+        digests={s: image_digests(x) for s, (x, _) in splits.items()},
+        source=info,
+    )
+
+
+def _split_root(path: Path, spec: DatasetSpec) -> Path | None:
+    """``path`` or its only sub-folder, whichever holds the train and test split folders."""
+    if (path / spec.train_split).is_dir() and (path / spec.test_split).is_dir():
+        return path
+    subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if (
+        len(subdirs) == 1
+        and (subdirs[0] / spec.train_split).is_dir()
+        and (subdirs[0] / spec.test_split).is_dir()
+    ):
+        return subdirs[0]
+    return None
+
+
+def _list_split(folder: Path, spec: DatasetSpec) -> tuple[list[str], np.ndarray]:
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    missing = sorted(set(spec.classes) - set(classes))
+    extra = sorted(set(classes) - set(spec.classes))
+    if missing or extra:
+        raise PrepareError(
+            f"{folder}: class folders must be exactly the {len(spec.classes)} classes of {spec.name} "
+            f"({', '.join(spec.classes)}); missing: {', '.join(missing) or 'none'}, "
+            f"unexpected: {', '.join(extra) or 'none'}"
+        )
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, cls in enumerate(spec.classes):
+        files = sorted(f for f in (folder / cls).iterdir() if f.is_file() and not f.name.startswith("."))
+        if not files:
+            raise PrepareError(f"{folder / cls}: no image files")
+        paths.extend(str(f) for f in files)
+        labels.extend([label] * len(files))
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def _from_mirror(
+    spec: DatasetSpec, root: Path, info: dict[str, Any], image_size: int, workers: int, progress: bool
+) -> _Official:
+    listed = {
+        "train": _list_split(root / spec.train_split, spec),
+        "test": _list_split(root / spec.test_split, spec),
+    }
+    resize = None if spec.fixed_image_size else resize_size(image_size)
+    images, digests = {}, {}
+    for split, (paths, _) in listed.items():
+        images[split], digests[split] = decode_files(
+            paths, resize, image_size, workers=workers, progress=progress, desc=f"decode {spec.name} {split}"
+        )
+    return _Official(
+        images=images, labels={s: y for s, (_, y) in listed.items()}, digests=digests, source=info
+    )
+
+
+def _check_fingerprint(
+    spec: DatasetSpec, fingerprints: dict[str, str], source: dict[str, Any]
+) -> bool | None:
+    if spec.official_fingerprint is None:
+        return None
+    if fingerprints == spec.official_fingerprint:
+        log.info("%s: fingerprints match the official set", spec.name)
+        return True
+    differing = [s for s in ("train", "test") if fingerprints[s] != spec.official_fingerprint[s]]
+    message = (
+        f"{spec.name} from {source.get('path') or source.get('url')} is NOT the official set: the "
+        f"fingerprint of its {' and '.join(differing)} split differs from the known one (a subset such as "
+        f"the embedded sample, another version, or a damaged copy); results on it are not comparable "
+        f"with the paper. The manifest records fingerprint_matches_official: false."
+    )
+    log.warning(message)
+    warnings.warn(message, FingerprintWarning, stacklevel=3)
+    return False
+
+
+def _write_atomically(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".preparing"))
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o777 & ~umask)
+        for key, array in arrays.items():
+            np.save(tmp / f"{key}.npy", array, allow_pickle=False)
+            manifest["files"][f"{key}.npy"] = {
+                "sha256": sha256_file(tmp / f"{key}.npy"),
+                "shape": list(array.shape),
+                "dtype": str(array.dtype),
+            }
+        atomic_write_json(tmp / "manifest.json", manifest)
+        os.chmod(tmp / "manifest.json", 0o666 & ~umask)
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -89,6 +89,7 @@ def train(
     *,
     resolved_params: dict[str, Any] | None = None,
     profile: str = "paper",
+    stage: str | None = None,
     device: torch.device | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[int], None] | None = None,

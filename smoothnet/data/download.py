@@ -31,6 +31,10 @@ class DownloadError(RuntimeError):
     """The archive could not be fetched (offline, HTTP error, interrupted transfer)."""
 
 
+class HostUnreachableError(DownloadError):
+    """The download host cannot be reached (no network, DNS failure, refused connection)."""
+
+
 class ChecksumError(DownloadError):
     """A file does not have the published checksum."""
 
@@ -56,8 +60,9 @@ def fetch_archive(
 
     A file already there with the right checksum is reused; one with a wrong checksum is deleted and
     downloaded again. An interrupted transfer raises :class:`DownloadError` and keeps ``<name>.part``,
-    which the next call resumes. ``params_key`` (e.g. ``data.cifar10.source``) is named in the error
-    when the host cannot be reached, so an offline user knows where to point at a local copy.
+    which the next call resumes. ``params_key`` (e.g. ``data.cifar10.mirror``) is named in the
+    :class:`HostUnreachableError` raised when the host cannot be reached, so an offline user knows
+    where to point at a local copy.
     """
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -104,8 +109,8 @@ def _transfer(
         raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise DownloadError(
-            f"cannot reach {url} ({reason}). Without network access, set `{params_key}` in params.yaml to "
+        raise HostUnreachableError(
+            f"cannot reach {url} ({reason}). Without network access, set {params_key} in params.yaml to "
             f"a local copy: an image-folder mirror (<split>/<class>/<file>) or the already downloaded "
             f"{filename}."
         ) from exc

@@ -31,7 +31,7 @@ from smoothnet.data.catalog import (
     dataset_spec,
     resize_size,
 )
-from smoothnet.data.download import fetch_archive, md5_file
+from smoothnet.data.download import HostUnreachableError, fetch_archive, md5_file
 from smoothnet.data.images import decode_files, default_workers
 from smoothnet.data.splits import canonical_order, fingerprint, image_digests, train_val_split
 from smoothnet.io import atomic_write_json, atomic_write_text, sha256_file
@@ -69,6 +69,7 @@ def prepare_dataset(
     split_seed: int = 0,
     image_size: int | None = None,
     raw_dir: str | os.PathLike = "data/raw",
+    mirror: str | None = None,
     archive: ArchiveSpec | None = None,
     workers: int | None = None,
     progress: bool = True,
@@ -77,12 +78,18 @@ def prepare_dataset(
 
     ``source`` is ``"download"`` (the official archive, fetched into ``raw_dir`` and checksum-verified),
     a path to an image-folder mirror (``<split>/<class>/<file>``), to the downloaded archive, or (CIFAR-10)
-    to an extracted ``cifar-10-batches-py`` folder. ``archive`` replaces the official URL and checksum
+    to an extracted ``cifar-10-batches-py`` folder. ``mirror`` (a local copy, as any of those paths) is
+    used only when ``source`` is "download" and the host cannot be reached. ``archive`` replaces the official URL and checksum
     (tests serve their own archives). ``image_size``: CIFAR-10 stays 32; ImageNette defaults to 224 =
     Resize(256) + CenterCrop(224) as the paper, other sizes scale both the same way.
     """
     spec = dataset_spec(name)
     params_key = f"data.{name}.source"
+    if mirror is not None and not Path(mirror).expanduser().exists():
+        raise PrepareError(
+            f"data.{name}.mirror = {mirror!r}: no such file or folder (set it to a local copy of {name}, "
+            f"or to null)"
+        )
     image_size = _check_image_size(spec, image_size)
     if (
         isinstance(val_fraction, bool)
@@ -103,6 +110,7 @@ def prepare_dataset(
         raw_dir=Path(raw_dir),
         archive=archive,
         params_key=params_key,
+        mirror=None if mirror is None else str(mirror),
         workers=workers,
         progress=progress,
     )
@@ -193,11 +201,26 @@ def _load_official(
     raw_dir: Path,
     archive: ArchiveSpec,
     params_key: str,
+    mirror: str | None,
     workers: int,
     progress: bool,
 ) -> _Official:
+    common = dict(image_size=image_size, raw_dir=raw_dir, archive=archive, workers=workers, progress=progress)
     if source == "download":
-        path = fetch_archive(archive, raw_dir, params_key=params_key, progress=progress)
+        mirror_key = f"data.{spec.name}.mirror"
+        try:
+            path = fetch_archive(
+                archive, raw_dir, params_key=f"{mirror_key} (or {params_key})", progress=progress
+            )
+        except HostUnreachableError:
+            if mirror is None:
+                raise
+            log.warning(
+                "cannot reach %s; using the local copy %s = %s instead", archive.url, mirror_key, mirror
+            )
+            official = _load_official(spec, mirror, params_key=mirror_key, mirror=None, **common)
+            official.source["download_unreachable"] = archive.url
+            return official
         info = {"kind": "download", "path": str(path), "url": archive.url}
         return _from_archive(spec, path, info, archive, image_size, raw_dir, workers, progress)
     path = Path(source).expanduser()
@@ -327,7 +350,7 @@ def _check_fingerprint(
     differing = [s for s in ("train", "test") if fingerprints[s] != spec.official_fingerprint[s]]
     message = (
         f"{spec.name} from {source.get('path') or source.get('url')} is NOT the official set: the "
-        f"fingerprint of its {' and '.join(differing)} split differs from the known one (a subset such as "
+        f"fingerprint of its {' and '.join(differing)} split{'s' if len(differing) > 1 else ''} differs from the known one (a subset such as "
         f"the embedded sample, another version, or a damaged copy); results on it are not comparable "
         f"with the paper. The manifest records fingerprint_matches_official: false."
     )

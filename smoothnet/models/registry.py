@@ -94,4 +94,4 @@ def count_parameters(model: nn.Module) -> int:
 
 def _import_model_modules() -> None:
     # Importing the family modules runs their @register_model decorators.
-    from smoothnet.models import baselines, literature, smoothnet  # noqa: F401
+    from smoothnet.models import baselines, literature, smoothnet, wrn  # noqa: F401

@@ -123,8 +123,8 @@ class ClippedGradientModule(nn.Module):
         return {names[sub] or "<root>": rule for sub, (rule, _) in self._layers.items()}
 
     def forward(self, x: Tensor, *args, **kwargs):
-        """The wrapped model's output; with grad enabled in training mode, records what clipping needs."""
-        if not (torch.is_grad_enabled() and self.training):
+        """The wrapped model's output; with grad enabled, also records what ``clipped_backward`` needs."""
+        if not torch.is_grad_enabled():
             self._state = None
             return self._module(x, *args, **kwargs)
         if not torch.is_floating_point(x):
@@ -179,7 +179,7 @@ class ClippedGradientModule(nn.Module):
         """
         if self._state is None:
             raise RuntimeError(
-                "clipped_backward needs a forward in training mode with grad enabled just before"
+                "clipped_backward needs a forward with grad enabled just before it"
             )
         if per_sample_loss.dim() != 1 or per_sample_loss.shape[0] != self._batch_rows:
             raise ValueError(
@@ -198,7 +198,7 @@ class ClippedGradientModule(nn.Module):
             (per_sample_loss.sum() / k).backward()  # row grads / K: a group's sum is its mean gradient
         finally:
             self._backward_state = None
-        norm_sq = torch.zeros(examples, device=per_sample_loss.device, dtype=torch.float32)
+        norm_sq = torch.zeros(examples, device=per_sample_loss.device, dtype=_acc(self._params[0]).dtype)
         for sub, layer in state.items():
             if layer.captures:
                 self._per_example(sub, layer, k)
@@ -254,15 +254,15 @@ class ClippedGradientModule(nn.Module):
         fan_in = conv.weight[0].numel()
         ghost = conv.groups == 1 and self._use_ghost(positions, fan_in, conv.out_channels, single_use)
         if "bias" in own:
-            _add_samples(layer, {"bias": go.float().flatten(2).sum(2).view(rows // k, k, -1).sum(1)})
+            _add_samples(layer, {"bias": _acc(go).flatten(2).sum(2).view(rows // k, k, -1).sum(1)})
         if ghost:
             unfold = _unfold(conv, x)  # (rows, fan_in, T)
-            a = unfold.view(rows // k, k, fan_in, -1).transpose(1, 2).flatten(2).float()
-            g = go.flatten(2).view(rows // k, k, conv.out_channels, -1).transpose(1, 2).flatten(2).float()
+            a = _acc(unfold.view(rows // k, k, fan_in, -1).transpose(1, 2).flatten(2))
+            g = _acc(go.flatten(2).view(rows // k, k, conv.out_channels, -1).transpose(1, 2).flatten(2))
             layer.norm_sq = _ghost_norm_sq(a, g) + (0 if layer.norm_sq is None else layer.norm_sq)
             layer.ghost.append((x, go))
             return
-        samples = torch.empty((rows // k, *conv.weight.shape), dtype=torch.float32, device=x.device)
+        samples = torch.empty((rows // k, *conv.weight.shape), dtype=_acc(go).dtype, device=x.device)
         for i in range(rows // k):
             part = slice(i * k, i * k + k)
             samples[i] = _conv_weight_grad(conv, x[part], go[part])
@@ -270,8 +270,8 @@ class ClippedGradientModule(nn.Module):
 
     def _linear(self, own, layer, x, go, k, single_use) -> None:
         rows, fan_in, fan_out = x.shape[0], x.shape[-1], go.shape[-1]
-        a = x.reshape(rows // k, -1, fan_in).float()  # (examples, K*T, d)
-        g = go.reshape(rows // k, -1, fan_out).float()
+        a = _acc(x.reshape(rows // k, -1, fan_in))  # (examples, K*T, d)
+        g = _acc(go.reshape(rows // k, -1, fan_out))
         if "bias" in own:
             _add_samples(layer, {"bias": g.sum(1)})
         if "weight" not in own:
@@ -288,12 +288,17 @@ class ClippedGradientModule(nn.Module):
 
     def _ghost_sum(self, sub, own, x, go, row_clip: Tensor) -> None:
         scale = row_clip.view(-1, *([1] * (go.dim() - 1)))
-        go = (go.float() * scale).to(go.dtype)
+        go = (_acc(go) * scale).to(go.dtype)
         if type(sub) is nn.Linear:
-            grad = go.reshape(-1, go.shape[-1]).float().t() @ x.reshape(-1, x.shape[-1]).float()
+            grad = _acc(go.reshape(-1, go.shape[-1])).t() @ _acc(x.reshape(-1, x.shape[-1]))
         else:
             grad = _conv_weight_grad(sub, x, go)
         _accumulate(own["weight"], grad)
+
+
+def _acc(t: Tensor) -> Tensor:
+    """``t`` in the accumulation precision: half precision is raised to float32, float64 kept."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _accumulate(p: nn.Parameter, grad: Tensor) -> None:
@@ -306,7 +311,7 @@ def _accumulate(p: nn.Parameter, grad: Tensor) -> None:
 
 def _add_samples(layer: _LayerState, samples: dict[str, Tensor]) -> None:
     for name, gs in samples.items():
-        gs = gs.float()
+        gs = _acc(gs)
         layer.grad_samples[name] = gs if name not in layer.grad_samples else layer.grad_samples[name] + gs
 
 
@@ -330,7 +335,7 @@ def _conv_weight_grad(conv, x: Tensor, go: Tensor) -> Tensor:
     return torch.ops.aten.convolution_backward(
         go, x.to(go.dtype), conv.weight.to(go.dtype), None, list(conv.stride), _conv_padding(conv),
         list(conv.dilation), False, [0] * len(conv.kernel_size), conv.groups, [False, True, False],
-    )[1].float()  # fmt: skip
+    )[1]  # fmt: skip
 
 
 def _unfold(conv, x: Tensor) -> Tensor:
@@ -355,14 +360,14 @@ def _norm_samples(norm, own, x: Tensor, go: Tensor, k: int) -> dict[str, Tensor]
     """Per-example gradients of GroupNorm/LayerNorm affine parameters from the normalised input."""
     rows = x.shape[0]
     if isinstance(norm, nn.GroupNorm):
-        xhat = F.group_norm(x.float(), norm.num_groups, None, None, norm.eps)
+        xhat = F.group_norm(_acc(x), norm.num_groups, None, None, norm.eps)
         reduce = [0] + list(range(2, x.dim()))  # per channel
         shape = (rows, norm.num_channels, -1)
     else:
-        xhat = F.layer_norm(x.float(), norm.normalized_shape, None, None, norm.eps)
+        xhat = F.layer_norm(_acc(x), norm.normalized_shape, None, None, norm.eps)
         reduce = None
         shape = (rows, -1, math.prod(norm.normalized_shape))
-    go = go.float()
+    go = _acc(go)
     out = {}
     for name, value in (("weight", go * xhat), ("bias", go)):
         if name not in own:
@@ -390,4 +395,4 @@ def _functorch_samples(sub: nn.Module, own: dict, c: _Capture, k: int):
     with torch.enable_grad():
         samples = vmap(grad(row_loss), in_dims=in_dims)(params, c.grad_output, *c.args)
     rows = c.grad_output.shape[0]
-    return {n: s.float().view(rows // k, k, *s.shape[1:]).sum(1) for n, s in samples.items()}
+    return {n: _acc(s).view(rows // k, k, *s.shape[1:]).sum(1) for n, s in samples.items()}

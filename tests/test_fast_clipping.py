@@ -1,0 +1,248 @@
+"""Fast per-sample clipping equals the per-example loop, bounds every contribution by C, matches Opacus."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from smoothnet.models import build_model, list_models
+from smoothnet.privacy.fast_clipping import METHODS, ClippedGradientModule
+from smoothnet.privacy.method_select import choose_method
+from smoothnet.privacy.reference import per_example_gradients
+
+torch.set_num_threads(1)
+RTOL = 1e-4
+
+
+def _loss(out, y):
+    return nn.functional.cross_entropy(out, y, reduction="none")
+
+
+def _reference(model, x, y, c, k=1):
+    """Per-example norms and the clipped sum from the one-backward-per-row loop (rows of a group averaged)."""
+    grads = per_example_gradients(model, x, y, lambda out, t: _loss(out, t).sum())
+    grads = {n: g.view(x.shape[0] // k, k, *g.shape[1:]).mean(1) for n, g in grads.items()}
+    norms = torch.cat([g.flatten(1) for g in grads.values()], 1).norm(dim=1)
+    clip = (c / (norms + 1e-6)).clamp(max=1.0)
+    return norms, {n: torch.tensordot(clip, g, dims=1) for n, g in grads.items()}
+
+
+def _ours(model, x, y, c, method="auto", k=1):
+    wrapped = ClippedGradientModule(model, c, method)
+    model.zero_grad(set_to_none=True)
+    norms = wrapped.clipped_backward(_loss(wrapped(x), y), group_size=k)
+    return norms, {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm().clamp(min=1e-12)).item()
+
+
+def _assert_close(ours, ref):
+    norms, grads = ours
+    ref_norms, ref_grads = ref
+    assert _rel(norms, ref_norms) < RTOL
+    assert set(grads) == set(ref_grads)
+    for name in grads:
+        assert _rel(grads[name], ref_grads[name]) < RTOL, name
+
+
+def _small(name):
+    """Each registered model at 32x32 in float64 (deep nets differ by ~1e-4 between batch sizes in float32,
+    whatever the method), in eval mode (dropout off: the loop and the batch would draw different masks)."""
+    size = 32
+    torch.manual_seed(0)
+    return build_model(name, 10, size).eval().double(), size
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_matches_per_example_loop(name):
+    model, size = _small(name)
+    torch.manual_seed(1)
+    x, y = torch.randn(3, 3, size, size, dtype=torch.float64), torch.randint(0, 10, (3,))
+    ref = _reference(model, x, y, c=1.0)
+    c = ref[0].median().item()  # some examples clipped, some not
+    ref = _reference(model, x, y, c=c)
+    _assert_close(_ours(model, x, y, c), ref)
+
+
+class _Scale(nn.Module):
+    """A layer without a rule: covered by the torch.func fallback."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, channels).view(channels, 1, 1))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def _conv_net(cin=3, width=4, kernel=3, stride=1, groups=1, bias=True, classes=5):
+    return nn.Sequential(
+        nn.Conv2d(cin, width, kernel, padding=kernel // 2, bias=bias),
+        _Scale(width),
+        nn.GroupNorm(2, width),
+        nn.ReLU(),
+        nn.Conv2d(width, width, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=bias),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.LayerNorm(4 * width),
+        nn.Linear(4 * width, classes),
+    )
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    batch=st.integers(1, 4),
+    k=st.sampled_from([1, 2]),
+    cin=st.integers(1, 3),
+    width=st.sampled_from([2, 4, 6]),
+    kernel=st.sampled_from([1, 3]),
+    stride=st.sampled_from([1, 2]),
+    grouped=st.booleans(),
+    bias=st.booleans(),
+    size=st.sampled_from([4, 7]),
+    method=st.sampled_from(METHODS),
+    c=st.floats(0.01, 10.0),
+)
+def test_random_conv_nets_match_loop(batch, k, cin, width, kernel, stride, grouped, bias, size, method, c):
+    torch.manual_seed(batch * 7 + width)
+    model = _conv_net(cin, width, kernel, stride, 2 if grouped else 1, bias).double()
+    x, y = torch.randn(batch * k, cin, size, size, dtype=torch.float64), torch.randint(0, 5, (batch * k,))
+    _assert_close(_ours(model, x, y, c, method, k), _reference(model, x, y, c, k))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_contribution_is_bounded_by_c(method):
+    torch.manual_seed(2)
+    model, c = _conv_net(), 0.05
+    x, y = torch.randn(4, 3, 6, 6), torch.randint(0, 5, (4,))
+    for i in range(4):  # one example at a time: p.grad is exactly its clipped contribution
+        norms, grads = _ours(model, x[i : i + 1], y[i : i + 1], c, method)
+        total = torch.cat([g.flatten() for g in grads.values()]).norm().item()
+        assert norms.item() > c  # the bound is exercised, not vacuous
+        assert total <= c * (1 + 1e-5)
+        assert total == pytest.approx(c, rel=1e-4)
+
+
+def test_infinite_c_gives_plain_summed_gradient():
+    torch.manual_seed(3)
+    model = _conv_net()
+    x, y = torch.randn(5, 3, 6, 6), torch.randint(0, 5, (5,))
+    _, grads = _ours(model, x, y, math.inf)
+    plain = copy.deepcopy(model)
+    _loss(plain(x), y).sum().backward()
+    for name, p in plain.named_parameters():
+        assert _rel(grads[name], p.grad) < RTOL
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_group_contribution_bounded_whatever_k(k):
+    torch.manual_seed(4)
+    model, c = _conv_net(), 0.05
+    x, y = torch.randn(k, 3, 6, 6), torch.randint(0, 5, (k,))
+    norms, grads = _ours(model, x, y, c, k=k)  # one example with K augmented rows
+    assert norms.shape == (1,)
+    assert torch.cat([g.flatten() for g in grads.values()]).norm().item() <= c * (1 + 1e-5)
+
+
+def test_group_size_one_is_ungrouped():
+    torch.manual_seed(5)
+    model = _conv_net()
+    x, y = torch.randn(4, 3, 6, 6), torch.randint(0, 5, (4,))
+    wrapped = ClippedGradientModule(model, 0.3)
+    norms_default = wrapped.clipped_backward(_loss(wrapped(x), y))
+    default = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    norms_k1 = wrapped.clipped_backward(_loss(wrapped(x), y), group_size=1)
+    assert torch.equal(norms_default, norms_k1)
+    for n, p in model.named_parameters():
+        assert torch.equal(default[n], p.grad)
+
+
+def test_grad_accumulates_like_autograd():
+    torch.manual_seed(6)
+    model = _conv_net()
+    x, y = torch.randn(4, 3, 6, 6), torch.randint(0, 5, (4,))
+    wrapped = ClippedGradientModule(model, 0.3)
+    wrapped.clipped_backward(_loss(wrapped(x[:2]), y[:2]))
+    wrapped.clipped_backward(_loss(wrapped(x[2:]), y[2:]))
+    _, ref = _reference(model, x, y, 0.3)
+    for n, p in model.named_parameters():
+        assert _rel(p.grad, ref[n]) < RTOL
+
+
+def test_equals_opacus_hooks_clipped_sum_and_its_fast_clipping_optimizer():
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+
+    torch.manual_seed(7)
+    model, c = _conv_net(), 0.2
+    model[1] = nn.Identity()  # Opacus has no grad sampler for the custom scale layer
+    x, y = torch.randn(6, 3, 6, 6), torch.randint(0, 5, (6,))
+
+    theirs = copy.deepcopy(model)
+    gsm = GradSampleModule(theirs, batch_first=True, loss_reduction="sum")
+    opt = DPOptimizer(torch.optim.SGD(gsm.parameters(), lr=0.0), noise_multiplier=0.0, max_grad_norm=c,
+                      expected_batch_size=6, loss_reduction="sum")  # fmt: skip
+    _loss(gsm(x), y).sum().backward()
+    opt.pre_step()
+
+    wrapped = ClippedGradientModule(model, c)
+    fast = DPOptimizerFastGradientClipping(torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
+                                           max_grad_norm=c, expected_batch_size=6, loss_reduction="sum")  # fmt: skip
+    wrapped.clipped_backward(_loss(wrapped(x), y))
+    fast.pre_step()
+    for (n, p), q in zip(model.named_parameters(), theirs.parameters(), strict=True):
+        assert _rel(p.grad, q.grad) < RTOL, n
+
+
+def test_unused_parameters_get_zero_gradient():
+    model = nn.ModuleDict({"used": nn.Linear(3, 2), "unused": nn.Linear(3, 2)})
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            return self.m["used"](x)
+
+    wrapped = ClippedGradientModule(Net(), 1.0)
+    wrapped.clipped_backward(_loss(wrapped(torch.randn(3, 3)), torch.tensor([0, 1, 0])))
+    assert torch.count_nonzero(model["unused"].weight.grad) == 0
+    assert torch.count_nonzero(model["used"].weight.grad) > 0
+
+
+def test_bad_input_is_refused_clearly():
+    with pytest.raises(ValueError, match="BatchNorm"):
+        ClippedGradientModule(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), 1.0)
+    with pytest.raises(ValueError, match="method"):
+        ClippedGradientModule(nn.Linear(2, 2), 1.0, method="fastest")
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        ClippedGradientModule(nn.Linear(2, 2), 0.0)
+    wrapped = ClippedGradientModule(nn.Linear(2, 2), 1.0)
+    with pytest.raises(RuntimeError, match="forward"):
+        wrapped.clipped_backward(torch.zeros(3))
+    out = wrapped(torch.randn(4, 2))
+    with pytest.raises(ValueError, match="group_size"):
+        wrapped.clipped_backward(_loss(out, torch.zeros(4, dtype=torch.long)), group_size=3)
+    out = wrapped(torch.randn(4, 2))
+    with pytest.raises(ValueError, match="reduction='none'"):
+        wrapped.clipped_backward(_loss(out, torch.zeros(4, dtype=torch.long)).mean())
+    out = wrapped(torch.randn(4, 2))
+    with pytest.raises(RuntimeError, match="clipped_backward"):
+        _loss(out, torch.zeros(4, dtype=torch.long)).sum().backward()
+
+
+def test_choose_method_covers_every_model():
+    for name in list_models():
+        assert choose_method(name, "cpu") in METHODS
+        assert choose_method(name, "cuda") in METHODS
+    assert choose_method("not_a_model", "cpu") == "auto"

@@ -178,9 +178,7 @@ class ClippedGradientModule(nn.Module):
         No noise and no averaging: the DP optimizer adds noise and divides by the expected batch size.
         """
         if self._state is None:
-            raise RuntimeError(
-                "clipped_backward needs a forward with grad enabled just before it"
-            )
+            raise RuntimeError("clipped_backward needs a forward with grad enabled just before it")
         if per_sample_loss.dim() != 1 or per_sample_loss.shape[0] != self._batch_rows:
             raise ValueError(
                 f"per_sample_loss must have shape ({self._batch_rows},) (one loss per input row; use "

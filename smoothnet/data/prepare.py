@@ -246,7 +246,8 @@ def _load_official(
     if root is None:
         raise PrepareError(
             f"{params_key} = {source!r}: expected an image-folder mirror with the folders "
-            f"{spec.train_split}/ and {spec.test_split}/ (each <class>/<file>), found neither"
+            f"{spec.train_split}/ and {spec.test_split}/ (each <class>/<file>); it holds: "
+            f"{', '.join(sorted(p.name + '/' for p in path.iterdir() if p.is_dir())) or 'no folders'}"
         )
     info = {"kind": "mirror", "path": source, "url": None}
     return _from_mirror(spec, root, info, image_size, workers, progress)
@@ -349,8 +350,8 @@ def _check_fingerprint(
         return True
     differing = [s for s in ("train", "test") if fingerprints[s] != spec.official_fingerprint[s]]
     message = (
-        f"{spec.name} from {source.get('path') or source.get('url')} is NOT the official set: the "
-        f"fingerprint of its {' and '.join(differing)} split{'s' if len(differing) > 1 else ''} differs from the known one (a subset such as "
+        f"{spec.name} from {source.get('path') or source.get('url')} is NOT the official set: its "
+        f"fingerprint ({', '.join(differing)}) differs from the known one (a subset such as "
         f"the embedded sample, another version, or a damaged copy); results on it are not comparable "
         f"with the paper. The manifest records fingerprint_matches_official: false."
     )

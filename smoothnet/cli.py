@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, str] = {
     "models": "smoothnet.models.cli",
     "prepare": "smoothnet.data.cli",
     "train": "smoothnet.training.cli",
+    "audit": "smoothnet.audit.cli",
 }
 
 

@@ -1,0 +1,121 @@
+"""``smoothnet audit``: verify the stored results and their privacy claims without retraining.
+
+``smoothnet audit canary`` runs the empirical one-run canary audit and writes its JSON result, which the
+main audit then includes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from smoothnet.audit.checks import FAIL, WARN
+
+HELP = "audit stored runs: re-derive epsilons (4 accountants), provenance, report freshness, canary audit"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the main audit, and the ``canary`` sub-command."""
+    parser.add_argument(
+        "--root", default=".", help="repository root; other paths are relative to it (default .)"
+    )
+    parser.add_argument("--runs", default="runs", help="folder of run records (default runs)")
+    parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    parser.add_argument("--lock", default="dvc.lock", help="DVC lock file (default dvc.lock)")
+    parser.add_argument(
+        "--report-manifest",
+        default="paper/report_manifest.json",
+        help="the report's manifest of cited hashes",
+    )
+    parser.add_argument(
+        "--prepared", default="data/prepared", help="prepared datasets (manifests compared if present)"
+    )
+    parser.add_argument(
+        "--canary", default="audit/canary.json", help="canary-audit result to include if present"
+    )
+    parser.add_argument("--out", default="audit", help="folder for audit.md and audit.json (default audit)")
+    parser.add_argument(
+        "--allow-changed-deps",
+        action="store_true",
+        help="report code/data that changed since a run (per dvc.lock) as a warning instead of a failure",
+    )
+    sub = parser.add_subparsers(dest="audit_command", metavar="{canary}")
+    canary = sub.add_parser("canary", help="empirical one-run canary audit (Steinke et al. 2023)")
+    from smoothnet.audit.canary import CanaryConfig
+
+    defaults = CanaryConfig()
+    canary.add_argument("--out", dest="canary_out", default="audit/canary.json", help="JSON result path")
+    canary.add_argument("--num-canaries", type=int, default=defaults.num_canaries)
+    canary.add_argument("--guesses-per-side", type=int, default=defaults.guesses_per_side)
+    canary.add_argument("--epsilon", type=float, default=defaults.target_epsilon, help="claimed epsilon")
+    canary.add_argument("--delta", type=float, default=defaults.delta)
+    canary.add_argument("--epochs", type=int, default=defaults.epochs)
+    canary.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    canary.add_argument("--accountant", choices=("rdp", "prv"), default=defaults.accountant)
+    canary.add_argument("--confidence", type=float, default=defaults.confidence)
+    canary.add_argument("--seed", type=int, default=defaults.seed)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the audit (or the canary audit); exit 0 only when every check passes."""
+    if getattr(args, "audit_command", None) == "canary":
+        return _canary(args)
+    from smoothnet.audit.render import write_reports
+    from smoothnet.audit.runner import AuditConfig, AuditInputError, run_audit
+
+    root = Path(args.root)
+    config = AuditConfig(
+        root=root,
+        runs=args.runs,
+        params=args.params,
+        lock=args.lock,
+        report_manifest=args.report_manifest,
+        prepared=args.prepared,
+        canary=args.canary,
+        changed_deps=WARN if args.allow_changed_deps else FAIL,
+    )
+    try:
+        result = run_audit(config)
+    except AuditInputError as exc:
+        print(f"smoothnet audit: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    md, js = write_reports(result, out if out.is_absolute() else root / out)
+    for where, check in result.failures:
+        print(f"FAIL {where}: {check.field}: {check.message}", file=sys.stderr)
+    verdict = "passed" if result.passed else f"FAILED ({len(result.failures)} check(s))"
+    print(f"audit {verdict}: {len(result.runs)} run(s); report in {md} and {js}")
+    return 0 if result.passed else 1
+
+
+def _canary(args: argparse.Namespace) -> int:
+    from smoothnet.audit.canary import CanaryAuditError, CanaryConfig, run_canary_audit
+    from smoothnet.io import atomic_write_json
+
+    config = CanaryConfig(
+        num_canaries=args.num_canaries,
+        guesses_per_side=args.guesses_per_side,
+        target_epsilon=args.epsilon,
+        delta=args.delta,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        accountant=args.accountant,
+        confidence=args.confidence,
+        seed=args.seed,
+    )
+    try:
+        config.validate()
+    except CanaryAuditError as exc:
+        print(f"smoothnet audit canary: {exc}", file=sys.stderr)
+        return 2
+    result = run_canary_audit(config)
+    out = Path(args.canary_out)
+    atomic_write_json(out if out.is_absolute() else Path(args.root) / out, result)
+    dp, off = result["dp"], result["no_noise"]
+    print(
+        f"canary audit: DP run bound {dp['epsilon_lower_bound']:.3f} (claim {dp['claimed_epsilon']:.3f}); "
+        f"no-noise run bound {off['epsilon_lower_bound']:.3f} (claim {result['claimed_epsilon']}); "
+        f"{'passed' if result['passed'] else 'FAILED'}; written to {out}"
+    )
+    return 0 if result["passed"] else 1

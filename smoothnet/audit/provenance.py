@@ -1,0 +1,326 @@
+"""Provenance: was this record produced by these parameters, this code and this dataset?
+
+- schema: every required field present with the right type (``smoothnet.records.validate_record``);
+- identity: ``run_id`` matches its folder, ``stage`` is ``train@<run_id>``;
+- params: the record's ``params`` equal ``resolve_run(params.yaml, run_id)`` now;
+- dvc.lock: the stage exists, its locked params equal params.yaml now and the record's params, the record
+  file's md5 equals the locked output's, and every locked dependency (code, prepared data) is unchanged;
+- dataset: the fingerprint and manifest sha256 equal the prepared data's manifest (skipped when the
+  prepared data is not on this machine).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check, diff_values, lookup_dotted, short
+from smoothnet.audit.dvclock import dvc_md5, entries
+from smoothnet.io import sha256_file
+from smoothnet.params import ParamsError, resolve_run
+from smoothnet.records import RecordError, validate_record
+
+GROUP = "provenance"
+MAX_LISTED_DIFFS = 8
+
+
+def _check(name: str, field: str, status: str, message: str, **details: Any) -> Check:
+    return Check(GROUP, name, field, status, message, details)
+
+
+class HashCache:
+    """DVC md5s of paths under a root, each computed once per audit (many stages share code deps)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._md5: dict[str, str | None] = {}
+
+    def md5(self, rel: str) -> str | None:
+        """DVC md5 of ``root/rel``; ``None`` if it does not exist."""
+        if rel not in self._md5:
+            self._md5[rel] = dvc_md5(self.root / rel)
+        return self._md5[rel]
+
+
+def load_and_validate(path: Path) -> tuple[dict[str, Any] | None, list[Check]]:
+    """Read a record; one failing check per missing or mistyped field (the record is still returned if JSON)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        return None, [_check("schema", "record.json", FAIL, f"cannot read the record ({exc})")]
+    if not isinstance(record, dict):
+        return None, [_check("schema", "record.json", FAIL, "the record is not a JSON object")]
+    try:
+        validate_record(record, where="record")
+    except RecordError as exc:
+        problems = str(exc).removeprefix("record: ").split("; ")
+        checks = []
+        for problem in problems:
+            match = re.search(r"'([^']+)'", problem)
+            checks.append(_check("schema", match.group(1) if match else "schema_version", FAIL, problem))
+        return record, checks
+    return record, [_check("schema", "schema", PASS, "every required field present with the right type")]
+
+
+def check_identity(record: dict[str, Any], path: Path) -> list[Check]:
+    """run_id matches the record's folder and the stage is ``train@<run_id>``."""
+    run_id = record["run_id"]
+    checks = []
+    if path.parent.name != run_id:
+        checks.append(
+            _check(
+                "identity", "run_id", FAIL, f"run_id {run_id!r} but the record lives in {path.parent.name!r}/"
+            )
+        )
+    if record["stage"] != f"train@{run_id}":
+        checks.append(
+            _check("identity", "stage", FAIL, f"stage {record['stage']!r}, expected 'train@{run_id}'")
+        )
+    if record["params"].get("run_id") not in (None, run_id):
+        checks.append(
+            _check(
+                "identity",
+                "params.run_id",
+                FAIL,
+                f"params.run_id {record['params']['run_id']!r} != {run_id!r}",
+            )
+        )
+    return checks or [_check("identity", "run_id", PASS, f"stage train@{run_id}")]
+
+
+def _diff_message(diffs: list[tuple[str, Any, Any]], expected_name: str, actual_name: str) -> str:
+    shown = [f"{path}: {expected_name} {short(a, 40)}, {actual_name} {short(b, 40)}" for path, a, b in diffs]
+    more = len(shown) - MAX_LISTED_DIFFS
+    return "; ".join(shown[:MAX_LISTED_DIFFS]) + (f"; and {more} more" if more > 0 else "")
+
+
+def check_params(record: dict[str, Any], params: dict[str, Any] | None) -> list[Check]:
+    """The record's params equal what params.yaml resolves to for its run now (one failure per changed key)."""
+    if params is None:
+        return [_check("params", "params", SKIP, "no params.yaml given")]
+    run_id = record["run_id"]
+    try:
+        expected = resolve_run(params, run_id)
+    except ParamsError as exc:
+        return [_check("params", "params", FAIL, f"params.yaml has no run {run_id!r} ({exc})")]
+    diffs = diff_values(expected, record["params"])
+    if not diffs:
+        return [_check("params", "params", PASS, "record params equal params.yaml for this run")]
+    return [
+        _check(
+            "params",
+            f"params.{path}",
+            FAIL,
+            f"params.yaml now has {short(now, 40)}, the run used {short(used, 40)} (params changed after the run?)",
+        )
+        for path, now, used in diffs
+    ]
+
+
+def check_lock(
+    record: dict[str, Any],
+    record_rel: str,
+    stages: dict[str, Any] | None,
+    params: dict[str, Any] | None,
+    hashes: HashCache,
+    changed_deps_status: str = FAIL,
+) -> list[Check]:
+    """Compare the record with its ``train@<run_id>`` stage in dvc.lock (params, output md5, deps md5)."""
+    if stages is None:
+        return [_check("dvc.lock", "dvc.lock", SKIP, "no dvc.lock given")]
+    stage_name = f"train@{record['run_id']}"
+    stage = stages.get(stage_name)
+    if not isinstance(stage, dict):
+        return [
+            _check(
+                "dvc.lock",
+                "dvc.lock",
+                FAIL,
+                f"dvc.lock has no stage {stage_name!r} (run `dvc repro` / `dvc commit`)",
+            )
+        ]
+    checks = _lock_params(record, stage, params)
+    checks += _lock_output(record_rel, stage, hashes)
+    checks += _lock_deps(stage, hashes, changed_deps_status)
+    return checks
+
+
+def _lock_params(record: dict[str, Any], stage: dict[str, Any], params: dict[str, Any] | None) -> list[Check]:
+    locked = (stage.get("params") or {}).get("params.yaml") or {}
+    if not locked:
+        return [
+            _check(
+                "dvc.lock params", "dvc.lock params", WARN, "the locked stage records no params.yaml values"
+            )
+        ]
+    checks = []
+    if params is not None:
+        for key, value in sorted(locked.items()):
+            try:
+                now = lookup_dotted(params, key)
+            except KeyError:
+                checks.append(
+                    _check(
+                        "dvc.lock params",
+                        f"params.yaml:{key}",
+                        FAIL,
+                        f"{key!r} locked but gone from params.yaml",
+                    )
+                )
+                continue
+            for path, was, is_now in diff_values(value, now, key):
+                checks.append(
+                    _check(
+                        "dvc.lock params",
+                        f"params.yaml:{path}",
+                        FAIL,
+                        f"dvc.lock has {short(was, 40)}, params.yaml now {short(is_now, 40)} (changed after the run)",
+                    )
+                )
+    run_id = record["run_id"]
+    run_key = f"runs.{run_id}"
+    if "train" in locked and run_key in locked:
+        rebuilt = resolve_run({"train": locked["train"], "runs": {run_id: locked[run_key]}}, run_id)
+        diffs = diff_values(rebuilt, record["params"])
+        if diffs:
+            checks.append(
+                _check(
+                    "dvc.lock params",
+                    "params",
+                    FAIL,
+                    "record params differ from dvc.lock's: " + _diff_message(diffs, "lock", "record"),
+                )
+            )
+    return checks or [
+        _check("dvc.lock params", "dvc.lock params", PASS, f"{len(locked)} locked param group(s) unchanged")
+    ]
+
+
+def _lock_output(record_rel: str, stage: dict[str, Any], hashes: HashCache) -> list[Check]:
+    for out in entries(stage, "outs"):
+        out_path = str(out["path"]).rstrip("/")
+        if out_path == record_rel or record_rel.startswith(out_path + "/"):
+            locked = out.get("md5")
+            now = hashes.md5(out_path)
+            if locked is None:
+                return [_check("dvc.lock output", "dvc.lock outs", WARN, f"{out_path}: no md5 in dvc.lock")]
+            if now != locked:
+                return [
+                    _check(
+                        "dvc.lock output",
+                        "record.json",
+                        FAIL,
+                        f"{out_path} md5 {now} != dvc.lock {locked}: the record was edited after the run",
+                    )
+                ]
+            return [_check("dvc.lock output", "record.json", PASS, f"{out_path} md5 matches dvc.lock")]
+    return [_check("dvc.lock output", "dvc.lock outs", FAIL, f"the stage's outs do not include {record_rel}")]
+
+
+def _lock_deps(stage: dict[str, Any], hashes: HashCache, changed_status: str) -> list[Check]:
+    changed, absent = [], []
+    deps = entries(stage, "deps")
+    for dep in deps:
+        path = str(dep["path"]).rstrip("/")
+        now = hashes.md5(path)
+        if now is None:
+            absent.append(path)
+        elif now != dep.get("md5"):
+            changed.append(path)
+    checks = []
+    if changed:
+        checks.append(
+            _check(
+                "dvc.lock deps",
+                "dvc.lock deps",
+                changed_status,
+                f"changed since the run: {', '.join(changed)} (the result was produced by other code or data; "
+                "`dvc status` shows it, `dvc repro` reruns it)",
+                changed=changed,
+            )
+        )
+    if absent:
+        checks.append(
+            _check(
+                "dvc.lock deps",
+                "dvc.lock deps",
+                SKIP,
+                f"not on this machine, not compared: {', '.join(absent)}",
+            )
+        )
+    if not checks:
+        checks.append(_check("dvc.lock deps", "dvc.lock deps", PASS, f"{len(deps)} dependencies unchanged"))
+    return checks
+
+
+def check_dataset(record: dict[str, Any], prepared_root: Path) -> list[Check]:
+    """Fingerprint and manifest hash against ``<prepared_root>/<dataset>/manifest.json`` when present."""
+    name = record["dataset"]["name"]
+    manifest_path = prepared_root / name / "manifest.json"
+    if not manifest_path.exists():
+        return [
+            _check(
+                "dataset",
+                "dataset.fingerprint",
+                SKIP,
+                f"{manifest_path} not present (prepared data not on this machine): fingerprint not compared",
+            )
+        ]
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        return [_check("dataset", "dataset.fingerprint", FAIL, f"{manifest_path}: unreadable ({exc})")]
+    checks = []
+    diffs = diff_values(manifest.get("fingerprint"), record["dataset"]["fingerprint"])
+    if diffs:
+        checks.append(
+            _check(
+                "dataset",
+                "dataset.fingerprint",
+                FAIL,
+                f"differs from {manifest_path}: "
+                + _diff_message(diffs, "manifest", "record")
+                + " (the run used another copy of the dataset)",
+            )
+        )
+    digest = sha256_file(manifest_path)
+    if digest != record["dataset"]["manifest_sha256"]:
+        checks.append(
+            _check(
+                "dataset",
+                "dataset.manifest_sha256",
+                FAIL,
+                f"record {record['dataset']['manifest_sha256'][:12]}..., {manifest_path} is {digest[:12]}...",
+            )
+        )
+    if manifest.get("fingerprint_matches_official") is False:
+        checks.append(
+            _check(
+                "dataset",
+                "dataset.fingerprint",
+                WARN,
+                "the prepared data is NOT the official dataset (manifest says so)",
+            )
+        )
+    return checks or [_check("dataset", "dataset.fingerprint", PASS, f"matches {manifest_path}")]
+
+
+def check_environment(record: dict[str, Any]) -> list[Check]:
+    """Note (not fail) a run made from uncommitted code: its git revision does not pin the code exactly."""
+    env = record["environment"]
+    if env.get("git_revision") is None:
+        return [_check("code revision", "environment.git_revision", WARN, "no git revision recorded")]
+    if env.get("git_dirty"):
+        return [
+            _check(
+                "code revision",
+                "environment.git_dirty",
+                WARN,
+                f"trained from a dirty tree at {env['git_revision'][:10]}; dvc.lock's deps pin the code instead",
+            )
+        ]
+    return [
+        _check("code revision", "environment.git_revision", PASS, f"clean tree at {env['git_revision'][:10]}")
+    ]

@@ -1,0 +1,265 @@
+"""Run every audit check over the stored results: records, params.yaml, dvc.lock, prepared-data manifests,
+the report manifest and the canary-audit result. Nothing is retrained."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smoothnet.audit.checks import FAIL, PASS, SKIP, Check
+from smoothnet.audit.dvclock import LockError, load_lock
+from smoothnet.audit.freshness import check_record_cited, check_report, load_report_manifest
+from smoothnet.audit.privacy_checks import check_privacy
+from smoothnet.audit.provenance import (
+    HashCache,
+    check_dataset,
+    check_environment,
+    check_identity,
+    check_lock,
+    check_params,
+    load_and_validate,
+)
+from smoothnet.audit.sanity import check_sanity
+from smoothnet.params import ParamsError, load_params
+from smoothnet.records import find_records, record_hash
+
+NOT_A_RESULT_PROFILES = ("quick", "fixture")
+
+
+class AuditInputError(ValueError):
+    """An audit input (params.yaml, dvc.lock, runs folder) is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Where the audit reads from (paths relative to ``root`` unless absolute)."""
+
+    root: Path = Path(".")
+    runs: str = "runs"
+    params: str = "params.yaml"
+    lock: str = "dvc.lock"
+    report_manifest: str = "paper/report_manifest.json"
+    prepared: str = "data/prepared"
+    canary: str = "audit/canary.json"
+    changed_deps: str = FAIL  # status when a locked dependency changed since the run: fail or warn
+
+    def path(self, value: str) -> Path:
+        """``value`` resolved against the repository root."""
+        p = Path(value)
+        return p if p.is_absolute() else self.root / p
+
+
+@dataclass
+class RunAudit:
+    """The audit of one record."""
+
+    path: str
+    run_id: str
+    profile: str
+    private: bool | None
+    checks: list[Check] = field(default_factory=list)
+    epsilons: dict[str, float] | None = None
+    recorded_epsilon: float | None = None
+    accountant: str | None = None
+    target_epsilon: float | None = None
+
+    @property
+    def failed(self) -> list[Check]:
+        """The failing checks."""
+        return [c for c in self.checks if c.status == FAIL]
+
+    @property
+    def label(self) -> str:
+        """How the report labels this run's profile."""
+        if self.profile in NOT_A_RESULT_PROFILES:
+            return f"{self.profile} (not a result)"
+        return self.profile
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "path": self.path,
+            "run_id": self.run_id,
+            "profile": self.profile,
+            "label": self.label,
+            "private": self.private,
+            "passed": not self.failed,
+            "accountant": self.accountant,
+            "recorded_epsilon": self.recorded_epsilon,
+            "target_epsilon": self.target_epsilon,
+            "epsilon_by_accountant": self.epsilons,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+
+@dataclass
+class AuditResult:
+    """Every run's audit plus report-level and canary checks."""
+
+    runs: list[RunAudit]
+    report_checks: list[Check]
+    canary_checks: list[Check]
+    canary: dict[str, Any] | None
+    inputs: dict[str, str]
+
+    @property
+    def failures(self) -> list[tuple[str, Check]]:
+        """``(where, check)`` for every failing check; ``where`` is a run id, "report" or "canary"."""
+        out = [(run.run_id, c) for run in self.runs for c in run.failed]
+        out += [("report", c) for c in self.report_checks if c.status == FAIL]
+        out += [("canary", c) for c in self.canary_checks if c.status == FAIL]
+        return out
+
+    @property
+    def passed(self) -> bool:
+        """True when no check failed."""
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "passed": self.passed,
+            "n_runs": len(self.runs),
+            "n_failures": len(self.failures),
+            "failures": [{"where": where, **c.to_dict()} for where, c in self.failures],
+            "inputs": self.inputs,
+            "runs": [r.to_dict() for r in self.runs],
+            "report": [c.to_dict() for c in self.report_checks],
+            "canary_checks": [c.to_dict() for c in self.canary_checks],
+            "canary": self.canary,
+        }
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
+
+
+def load_inputs(config: AuditConfig) -> tuple[dict[str, Any], dict[str, Any], list[Path]]:
+    """params.yaml, dvc.lock stages and the record paths; a clear error before any checking."""
+    runs_dir = config.path(config.runs)
+    if not runs_dir.is_dir():
+        raise AuditInputError(
+            f"{runs_dir}: runs folder not found (pass --runs, or --root for the repository)"
+        )
+    try:
+        params = load_params(config.path(config.params))
+    except ParamsError as exc:
+        raise AuditInputError(str(exc)) from exc
+    try:
+        stages = load_lock(config.path(config.lock))
+    except LockError as exc:
+        raise AuditInputError(str(exc)) from exc
+    return params, stages, find_records(runs_dir)
+
+
+def audit_record(
+    path: Path, config: AuditConfig, params: dict[str, Any], stages: dict[str, Any], hashes: HashCache, cited
+) -> RunAudit:
+    """All checks of one record."""
+    rel = _rel(path, config.root)
+    record, checks = load_and_validate(path)
+    if record is None or any(c.status == FAIL for c in checks):
+        run_id = record.get("run_id", path.parent.name) if isinstance(record, dict) else path.parent.name
+        profile = record.get("profile", "?") if isinstance(record, dict) else "?"
+        return RunAudit(rel, str(run_id), str(profile), None, checks)
+    privacy = record["privacy"]
+    run = RunAudit(
+        rel,
+        record["run_id"],
+        record["profile"],
+        privacy["private"],
+        checks,
+        recorded_epsilon=privacy.get("epsilon"),
+        accountant=privacy.get("accountant"),
+        target_epsilon=privacy.get("target_epsilon"),
+    )
+    privacy_checks, run.epsilons = check_privacy(record)
+    run.checks += privacy_checks
+    run.checks += check_identity(record, path)
+    run.checks += check_params(record, params)
+    run.checks += check_lock(record, rel, stages, params, hashes, config.changed_deps)
+    run.checks += check_dataset(record, config.path(config.prepared))
+    run.checks += check_environment(record)
+    run.checks.append(check_record_cited(rel, record_hash(record), cited))
+    run.checks += check_sanity(record)
+    return run
+
+
+def check_canary(path: Path) -> tuple[list[Check], dict[str, Any] | None]:
+    """Include the canary audit's result when its file exists (``smoothnet audit canary`` writes it)."""
+    if not path.exists():
+        return [
+            Check(
+                "canary", "canary audit", str(path), SKIP, "no canary result (run `smoothnet audit canary`)"
+            )
+        ], None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        dp, off, claim = result["dp"], result["no_noise"], float(result["claimed_epsilon"])
+        dp_bound, off_bound = float(dp["epsilon_lower_bound"]), float(off["epsilon_lower_bound"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        return [Check("canary", "canary audit", str(path), FAIL, f"unreadable canary result ({exc})")], None
+    checks = [
+        Check(
+            "canary",
+            "DP run: bound below claim",
+            "dp.epsilon_lower_bound",
+            PASS if dp_bound < claim and dp_bound <= float(dp["claimed_epsilon"]) else FAIL,
+            f"empirical lower bound {dp_bound:.3f} vs claimed epsilon {float(dp['claimed_epsilon']):.3f} "
+            f"({dp['correct']}/{dp['guesses']} canary guesses correct)",
+        ),
+        Check(
+            "canary",
+            "no-noise run: violation detected",
+            "no_noise.epsilon_lower_bound",
+            PASS if off_bound > claim else FAIL,
+            f"with sigma = 0 the bound is {off_bound:.3f} vs claim {claim:.3f} "
+            f"({off['correct']}/{off['guesses']} correct): "
+            + (
+                "the audit detects a broken run"
+                if off_bound > claim
+                else "the audit is too weak to detect it"
+            ),
+        ),
+    ]
+    if float(dp.get("noise_multiplier", 0)) <= 0:
+        checks.append(
+            Check("canary", "DP run had noise", "dp.noise_multiplier", FAIL, "the DP arm ran without noise")
+        )
+    return checks, result
+
+
+def run_audit(config: AuditConfig) -> AuditResult:
+    """Audit every record under the runs folder; never raises for a failing check, only for unreadable inputs."""
+    params, stages, paths = load_inputs(config)
+    hashes = HashCache(config.root)
+    manifest_path = config.path(config.report_manifest)
+    try:
+        loaded = load_report_manifest(manifest_path)
+    except ValueError:
+        loaded = None  # reported as a failure by check_report below
+    cited = loaded[0] if loaded else None
+    runs = [audit_record(p, config, params, stages, hashes, cited) for p in paths]
+    report_checks = check_report(config.root, manifest_path, {r.path for r in runs})
+    if not runs:
+        report_checks.insert(
+            0,
+            Check("provenance", "records present", config.runs, FAIL, f"no record.json under {config.runs}"),
+        )
+    canary_checks, canary = check_canary(config.path(config.canary))
+    inputs = {
+        "root": str(config.root),
+        "runs": config.runs,
+        "params": config.params,
+        "lock": config.lock,
+        "report_manifest": config.report_manifest,
+        "prepared": config.prepared,
+        "canary": config.canary,
+    }
+    return AuditResult(runs, report_checks, canary_checks, canary, inputs)

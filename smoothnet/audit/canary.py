@@ -188,9 +188,9 @@ def train_with_canaries(config: CanaryConfig) -> dict[str, Any]:
     model = torch.nn.Linear(x.shape[1], config.num_classes)
     initial = model.weight.detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
-    engine = PrivacyEngine(accountant=config.accountant)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")  # seeded on purpose: reproducible
+        engine = PrivacyEngine(accountant=config.accountant)
         model, optimizer, dp_loader = engine.make_private(
             module=model,
             optimizer=optimizer,

@@ -12,9 +12,11 @@ import sys
 
 SUBCOMMANDS: dict[str, str] = {
     "models": "smoothnet.models.cli",
+    "report": "smoothnet.report.cli",
     "prepare": "smoothnet.data.cli",
     "train": "smoothnet.training.cli",
     "audit": "smoothnet.audit.cli",
+    "quick": "smoothnet.quick",
 }
 
 

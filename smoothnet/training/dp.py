@@ -4,7 +4,7 @@ Two paths share Opacus' sampler, optimizer and accountant:
 
 - Opacus' own per-sample gradient modes (hooks, functorch, ew, ghost) go through
   ``PrivacyEngine.make_private_with_epsilon`` / ``make_private``, exactly as the paper's code did.
-- ``fast`` wraps the model in :class:`smoothnet.privacy.fast_clipping.ClippedGradientModule`, which
+- ``fast`` (or ``fast:<layer method>``) wraps the model in :class:`smoothnet.privacy.fast_clipping.ClippedGradientModule`, which
   leaves the clipped per-sample gradient sum in ``p.grad``; Opacus' ``DPOptimizerFastGradientClipping``
   then adds N(0, (sigma*C)^2) and divides by the expected batch size, as in Opacus' ghost mode.
 
@@ -96,11 +96,12 @@ def make_private(
             noise_multiplier=noise_multiplier,
             poisson_sampling=poisson_sampling,
         )
-    if method == "fast":
+    if method == "fast" or method.startswith("fast:"):
         return _make_private_fast(
             model,
             optimizer,
             base_loader,
+            layer_method=method.partition(":")[2] or "auto",
             max_grad_norm=max_grad_norm,
             epochs=epochs,
             accountant=accountant,
@@ -187,6 +188,7 @@ def _make_private_fast(
     optimizer,
     loader,
     *,
+    layer_method,
     max_grad_norm,
     epochs,
     accountant,
@@ -202,7 +204,7 @@ def _make_private_fast(
     expected_batch_size = int(len(dp_loader.dataset) * sample_rate)  # as PrivacyEngine.make_private
     if target_epsilon is not None:
         noise_multiplier = calibrate_noise(target_epsilon, delta, sample_rate, epochs, accountant)
-    wrapped = ClippedGradientModule(model, max_grad_norm=max_grad_norm)
+    wrapped = ClippedGradientModule(model, max_grad_norm=max_grad_norm, method=layer_method)
     dp_optimizer = DPOptimizerFastGradientClipping(
         optimizer,
         noise_multiplier=noise_multiplier,
@@ -227,6 +229,6 @@ def _make_private_fast(
         noise_multiplier=noise_multiplier,
         sample_rate=sample_rate,
         expected_batch_size=expected_batch_size,
-        method="fast",
+        method=f"fast:{layer_method}",
         backward=backward,
     )

@@ -264,14 +264,20 @@ def prepare_run(config: TrainConfig, data, device: torch.device) -> PreparedRun:
 
 
 def resolve_method(config: TrainConfig, device: torch.device) -> str:
-    """The per-sample gradient method: the configured one, or for ``auto`` the fastest measured one."""
-    if config.grad_sample_mode != "auto":
-        return config.grad_sample_mode
-    try:
-        from smoothnet.privacy.method_select import choose_method
-    except ImportError:
-        return "hooks"
-    return choose_method(config.model, device.type)
+    """The per-sample gradient method: the configured one, or for ``auto`` the fastest measured one.
+
+    Returns an Opacus mode (hooks, functorch, ew, ghost) or ``fast:<layer method>`` for the package's
+    book-keeping plug-in (smoothnet.privacy.fast_clipping).
+    """
+    from smoothnet.privacy.method_select import choose_method
+
+    mode = config.grad_sample_mode
+    if mode == "auto":
+        mode = choose_method(config.model, device.type)
+        if mode in ("hooks", "functorch", "ew", "ghost"):
+            return mode
+        return f"fast:{mode}"
+    return "fast:auto" if mode == "fast" else mode
 
 
 @torch.no_grad()
@@ -362,7 +368,7 @@ def _noise_only_step(run: PreparedRun) -> None:
     if run.setup is None:
         return
     for p in run.optimizer.params:
-        if run.setup.method in ("fast", "ghost"):
+        if run.setup.method.startswith("fast") or run.setup.method == "ghost":
             p.grad = torch.zeros_like(p)
         else:
             p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)

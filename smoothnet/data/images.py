@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -61,8 +62,9 @@ def decode_image(path: str, resize: int | None, crop: int) -> tuple[np.ndarray, 
     return np.ascontiguousarray(hwc.transpose(2, 0, 1)), hashlib.sha256(hwc.tobytes()).hexdigest()
 
 
-def _decode_star(args: tuple[str, int | None, int]) -> tuple[np.ndarray, str]:
-    return decode_image(*args)
+def _decode_chunk(paths: list[str], resize: int | None, crop: int) -> tuple[np.ndarray, list[str]]:
+    decoded = [decode_image(p, resize, crop) for p in paths]
+    return np.stack([chw for chw, _ in decoded]), [digest for _, digest in decoded]
 
 
 def decode_files(
@@ -74,26 +76,42 @@ def decode_files(
     progress: bool = True,
     desc: str = "decode",
 ) -> tuple[np.ndarray, list[str]]:
-    """Decode ``paths`` in order into one uint8 ``(N, 3, crop, crop)`` array plus per-image digests."""
+    """Decode ``paths`` in order into one uint8 ``(N, 3, crop, crop)`` array plus per-image digests.
+
+    With ``workers > 1`` the files are decoded in chunks by worker processes, at most ``2 * workers``
+    chunks in flight, so finished results never pile up in memory.
+    """
     images = np.empty((len(paths), 3, crop, crop), dtype=np.uint8)
     digests: list[str] = []
-    tasks = [(p, resize, crop) for p in paths]
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
     if workers > 1 and len(paths) > 256:
-        chunksize = max(16, min(512, len(paths) // (workers * 8)))
+        chunk = max(16, min(512, len(paths) // (workers * 8)))
+        starts = list(range(0, len(paths), chunk))
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            results = pool.map(_decode_star, tasks, chunksize=chunksize)
-            for i, (chw, digest) in enumerate(results):
-                images[i] = chw
-                digests.append(digest)
-                bar.update()
+            pending: deque = deque()
+            for start in starts:
+                pending.append(
+                    (start, pool.submit(_decode_chunk, list(paths[start : start + chunk]), resize, crop))
+                )
+                if len(pending) >= 2 * workers:
+                    _collect(pending.popleft(), images, digests, bar)
+            while pending:
+                _collect(pending.popleft(), images, digests, bar)
     else:
-        for i, task in enumerate(tasks):
-            images[i], digest = decode_image(*task)
+        for i, path in enumerate(paths):
+            images[i], digest = decode_image(path, resize, crop)
             digests.append(digest)
             bar.update()
     bar.close()
     return images, digests
+
+
+def _collect(item: tuple[int, Future], images: np.ndarray, digests: list[str], bar: tqdm) -> None:
+    start, future = item
+    chunk, chunk_digests = future.result()
+    images[start : start + len(chunk)] = chunk
+    digests.extend(chunk_digests)
+    bar.update(len(chunk))
 
 
 def default_workers() -> int:

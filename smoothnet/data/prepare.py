@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,19 +161,15 @@ def prepare_dataset(
         },
         "files": {},
     }
-    arrays: dict[str, np.ndarray] = {}
     for split, (origin, idx) in picks.items():
         labels = official.labels[origin][idx]
-        arrays[f"{split}_images"] = official.images[origin][idx]
-        arrays[f"{split}_labels"] = labels.astype(np.int64)
         per_class = np.bincount(labels, minlength=len(spec.classes))
         manifest["counts"][split] = {
             "total": int(len(idx)),
             "per_class": {cls: int(n) for cls, n in zip(spec.classes, per_class, strict=True)},
         }
         manifest["split_fingerprint"][split] = fingerprint(official.digests[origin][i] for i in idx)
-    del official
-    _write_atomically(out_dir, arrays, manifest)
+    _write_atomically(out_dir, _arrays(official, picks), manifest)
     log.info("prepared %s into %s: %s", name, out_dir, {s: manifest["counts"][s]["total"] for s in SPLITS})
     return manifest
 
@@ -360,19 +357,50 @@ def _check_fingerprint(
     return False
 
 
-def _write_atomically(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
+def _arrays(
+    official: _Official, picks: dict[str, tuple[str, np.ndarray]]
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``(file stem, source array, indices)`` per output array; drops each official split once written."""
+    remaining = {origin: sum(o == origin for o, _ in picks.values()) for origin, _ in picks.values()}
+    for split, (origin, idx) in picks.items():
+        yield f"{split}_labels", official.labels[origin], idx
+        yield f"{split}_images", official.images[origin], idx
+        remaining[origin] -= 1
+        if not remaining[origin]:
+            del official.images[origin]  # keeps peak memory near one copy of the decoded images
+
+
+def _save_gathered(path: Path, source: np.ndarray, idx: np.ndarray, chunk_bytes: int = 32 << 20) -> None:
+    """``np.save(path, source[idx])`` (same bytes) without materialising ``source[idx]`` in memory."""
+    header = {"descr": np.lib.format.dtype_to_descr(source.dtype), "fortran_order": False}
+    rows = max(1, chunk_bytes // max(1, source[:1].nbytes))
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {**header, "shape": (len(idx), *source.shape[1:])})
+        for start in range(0, len(idx), rows):
+            handle.write(np.ascontiguousarray(source[idx[start : start + rows]]).data)
+
+
+def _write_atomically(
+    out_dir: Path, arrays: Iterator[tuple[str, np.ndarray, np.ndarray]], manifest: dict[str, Any]
+) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".preparing"))
     umask = os.umask(0)
     os.umask(umask)
     try:
         os.chmod(tmp, 0o777 & ~umask)
-        for key, array in arrays.items():
-            np.save(tmp / f"{key}.npy", array, allow_pickle=False)
+        for key, source, idx in arrays:
+            path = tmp / f"{key}.npy"
+            shape = (len(idx), *source.shape[1:])
+            if source.ndim == 1:
+                np.save(path, source[idx].astype(np.int64), allow_pickle=False)
+            else:
+                _save_gathered(path, source, idx)
+            dtype = "int64" if source.ndim == 1 else str(source.dtype)
             manifest["files"][f"{key}.npy"] = {
-                "sha256": sha256_file(tmp / f"{key}.npy"),
-                "shape": list(array.shape),
-                "dtype": str(array.dtype),
+                "sha256": sha256_file(path),
+                "shape": list(shape),
+                "dtype": dtype,
             }
         atomic_write_json(tmp / "manifest.json", manifest)
         os.chmod(tmp / "manifest.json", 0o666 & ~umask)

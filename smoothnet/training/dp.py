@@ -4,13 +4,13 @@ Two paths share Opacus' sampler, optimizer and accountant:
 
 - Opacus' own per-sample gradient modes (hooks, functorch, ew, ghost) go through
   ``PrivacyEngine.make_private_with_epsilon`` / ``make_private``, exactly as the paper's code did.
-- ``fast`` (or ``fast:<layer method>``) wraps the model in :class:`smoothnet.privacy.fast_clipping.ClippedGradientModule`, which
-  leaves the clipped per-sample gradient sum in ``p.grad``; Opacus' ``DPOptimizerFastGradientClipping``
+- ``fast:<layer method>`` wraps the model in :class:`smoothnet.privacy.fast_clipping.ClippedGradientModule`,
+  which leaves the clipped per-sample gradient sum in ``p.grad``; Opacus' ``DPOptimizerFastGradientClipping``
   then adds N(0, (sigma*C)^2) and divides by the expected batch size, as in Opacus' ghost mode.
 
 Pitfalls handled here (SPEC section 3): q = 1/len(loader) (Opacus' convention, not batch/N); the
-expected batch size Opacus divides by is int(N*q); noise is calibrated for the *planned* steps; only
-Poisson sampling is covered by the accountant.
+expected batch size Opacus divides by is int(N*q) (per rank under torchrun); noise is calibrated for the
+*planned* epochs; only Poisson sampling is covered by the accountant.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from opacus import PrivacyEngine
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.data_loader import DPDataLoader
-from opacus.optimizers import DPOptimizerFastGradientClipping
+from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+from opacus.optimizers import DistributedDPOptimizerFastGradientClipping, DPOptimizerFastGradientClipping
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -33,7 +34,7 @@ OPACUS_MODES = ("hooks", "functorch", "ew", "ghost")
 
 @dataclass
 class PrivateSetup:
-    """What a DP training loop needs; ``backward(logits, targets)`` does the mode's backward pass."""
+    """What a DP training loop needs; ``backward(logits, targets, group_size)`` does the mode's backward."""
 
     model: nn.Module  # the wrapped module (call it for training forward passes)
     module: nn.Module  # the plain model underneath (for evaluation and checkpoints)
@@ -42,7 +43,7 @@ class PrivateSetup:
     accountant: object  # an Opacus accountant with .history and .get_epsilon(delta)
     noise_multiplier: float
     sample_rate: float
-    expected_batch_size: int
+    expected_batch_size: float
     method: str
     backward: Callable[[Tensor, Tensor, int], Tensor]
 
@@ -78,38 +79,28 @@ def make_private(
     target_epsilon: float | None,
     noise_multiplier: float | None,
     poisson_sampling: bool = True,
-    num_workers: int = 0,
+    distributed: bool = False,
 ) -> PrivateSetup:
-    """Wrap model, optimizer and a loader over ``dataset`` for DP-SGD with the given per-sample method."""
-    base_loader = DataLoader(dataset, batch_size=logical_batch_size, shuffle=True, num_workers=num_workers)
+    """Wrap model, optimizer and a loader over ``dataset`` for DP-SGD with the given per-sample method.
+
+    ``distributed``: this process is one rank of a torchrun job (torch.distributed initialised); the
+    model is wrapped in Opacus' DPDDP, each rank samples its shard, rank 0 adds the noise.
+    """
+    loader = DataLoader(dataset, batch_size=logical_batch_size, shuffle=True)
+    calibration = dict(
+        epochs=epochs,
+        accountant=accountant,
+        delta=delta,
+        target_epsilon=target_epsilon,
+        noise_multiplier=noise_multiplier,
+        poisson_sampling=poisson_sampling,
+        max_grad_norm=max_grad_norm,
+    )
     if method in OPACUS_MODES:
-        return _make_private_opacus(
-            model,
-            optimizer,
-            base_loader,
-            method=method,
-            max_grad_norm=max_grad_norm,
-            epochs=epochs,
-            accountant=accountant,
-            delta=delta,
-            target_epsilon=target_epsilon,
-            noise_multiplier=noise_multiplier,
-            poisson_sampling=poisson_sampling,
-        )
+        return _make_private_opacus(model, optimizer, loader, method, distributed, **calibration)
     if method == "fast" or method.startswith("fast:"):
-        return _make_private_fast(
-            model,
-            optimizer,
-            base_loader,
-            layer_method=method.partition(":")[2] or "auto",
-            max_grad_norm=max_grad_norm,
-            epochs=epochs,
-            accountant=accountant,
-            delta=delta,
-            target_epsilon=target_epsilon,
-            noise_multiplier=noise_multiplier,
-            poisson_sampling=poisson_sampling,
-        )
+        layer_method = method.partition(":")[2] or "auto"
+        return _make_private_fast(model, optimizer, loader, layer_method, distributed, **calibration)
     raise ValueError(f"unknown per-sample gradient method {method!r}; valid: {[*OPACUS_MODES, 'fast']}")
 
 
@@ -117,19 +108,20 @@ def _make_private_opacus(
     model,
     optimizer,
     loader,
-    *,
     method,
-    max_grad_norm,
+    distributed,
+    *,
     epochs,
     accountant,
     delta,
     target_epsilon,
     noise_multiplier,
     poisson_sampling,
+    max_grad_norm,
 ) -> PrivateSetup:
     engine = PrivacyEngine(accountant=accountant)
     common = dict(
-        module=model,
+        module=DPDDP(model) if distributed else model,
         optimizer=optimizer,
         data_loader=loader,
         max_grad_norm=max_grad_norm,
@@ -146,24 +138,22 @@ def _make_private_opacus(
         out = engine.make_private(noise_multiplier=noise_multiplier, **common)
     if method == "ghost":
         wrapped, dp_optimizer, criterion, dp_loader = out
-
-        def backward(logits: Tensor, targets: Tensor, group_size: int) -> Tensor:
-            _refuse_groups(group_size, method)
-            loss = criterion(logits, targets)
-            loss.backward()
-            return loss.detach()
     else:
-        wrapped, dp_optimizer, dp_loader = out
+        (wrapped, dp_optimizer, dp_loader), criterion = out, nn.CrossEntropyLoss()
 
-        def backward(logits: Tensor, targets: Tensor, group_size: int) -> Tensor:
-            _refuse_groups(group_size, method)
-            loss = F.cross_entropy(logits, targets)
-            loss.backward()
-            return loss.detach()
+    def backward(logits: Tensor, targets: Tensor, group_size: int) -> Tensor:
+        if group_size != 1:
+            raise ValueError(
+                "augmentation_multiplicity > 1 needs per-example clipping of the views' mean gradient, which "
+                f"grad_sample_mode {method!r} cannot do; use grad_sample_mode: fast (or auto)"
+            )
+        loss = criterion(logits, targets)
+        loss.backward()
+        return loss.detach()
 
     return PrivateSetup(
         model=wrapped,
-        module=wrapped._module,
+        module=model,
         optimizer=dp_optimizer,
         loader=dp_loader,
         accountant=engine.accountant,
@@ -175,37 +165,35 @@ def _make_private_opacus(
     )
 
 
-def _refuse_groups(group_size: int, method: str) -> None:
-    if group_size != 1:
-        raise ValueError(
-            f"augmentation_multiplicity > 1 needs per-example clipping of the views' mean gradient, which "
-            f"grad_sample_mode {method!r} cannot do; use grad_sample_mode: fast (or auto)"
-        )
-
-
 def _make_private_fast(
     model,
     optimizer,
     loader,
-    *,
     layer_method,
-    max_grad_norm,
+    distributed,
+    *,
     epochs,
     accountant,
     delta,
     target_epsilon,
     noise_multiplier,
     poisson_sampling,
+    max_grad_norm,
 ) -> PrivateSetup:
     from smoothnet.privacy.fast_clipping import ClippedGradientModule
 
-    dp_loader = DPDataLoader.from_data_loader(loader) if poisson_sampling else loader
+    dp_loader = DPDataLoader.from_data_loader(loader, distributed=distributed) if poisson_sampling else loader
     sample_rate = 1 / len(dp_loader)
     expected_batch_size = int(len(dp_loader.dataset) * sample_rate)  # as PrivacyEngine.make_private
+    optimizer_class = DPOptimizerFastGradientClipping
+    if distributed:
+        DPDDP(model)  # broadcasts rank 0's parameters, as Opacus' path does
+        expected_batch_size /= torch.distributed.get_world_size()
+        optimizer_class = DistributedDPOptimizerFastGradientClipping
     if target_epsilon is not None:
         noise_multiplier = calibrate_noise(target_epsilon, delta, sample_rate, epochs, accountant)
     wrapped = ClippedGradientModule(model, max_grad_norm=max_grad_norm, method=layer_method)
-    dp_optimizer = DPOptimizerFastGradientClipping(
+    dp_optimizer = optimizer_class(
         optimizer,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.validators import ModuleValidator
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
 from smoothnet.models import build_model, count_parameters
@@ -36,6 +37,7 @@ from smoothnet.training.checkpoint import (
     set_rng_state,
 )
 from smoothnet.training.config import ConfigError, TrainConfig
+from smoothnet.training.distributed import DistributedContext, init_distributed, rank_device, sampling_seed
 from smoothnet.training.dp import PrivateSetup, make_private
 from smoothnet.training.environment import device_name, git_state, library_versions
 
@@ -109,45 +111,67 @@ def train(
     """
     from smoothnet.data import load_prepared
 
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    context = DistributedContext.from_env()
+    device = rank_device(context, device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    init_distributed(context, device)
     data = load_prepared(paths.data_dir)
-    torch.manual_seed(config.seed)
-    run = prepare_run(config, data, device)
+    torch.manual_seed(config.seed)  # model initialisation (identical on every rank)
+    run = prepare_run(config, data, device, context)
+    torch.manual_seed(
+        sampling_seed(config.seed, context)
+    )  # sampling, noise, augmentation: one stream per rank
     state = RunState()
     checkpoint = load_checkpoint(paths.checkpoint_dir)
     if checkpoint is not None and checkpoint["config_fingerprint"] != config_fingerprint(config):
-        stale = set_aside_checkpoint(paths.checkpoint_dir)
-        print(
-            f"[{config.run_id}] parameters changed since the last checkpoint; starting over (old one kept "
-            f"as {stale})"
-        )
+        _barrier(context)
+        if context.is_main:
+            stale = set_aside_checkpoint(paths.checkpoint_dir)
+            print(
+                f"[{config.run_id}] parameters changed since the last checkpoint; starting over "
+                f"(old one kept as {stale})"
+            )
         checkpoint = None
     if checkpoint is not None:
-        state = _restore(checkpoint, config, run)
-        if progress:
+        state = _restore(checkpoint, config, run, context)
+        if progress and context.is_main:
             print(f"[{config.run_id}] resuming after epoch {state.epoch} of {config.epochs}")
-    live = _open_live(paths.run_dir, state.history)
+    live = _open_live(paths.run_dir, state.history) if context.is_main else None
 
     while state.epoch < config.epochs:
         started = time.perf_counter()
-        train_loss, train_accuracy, examples = _train_one_epoch(config, run, state, device, progress)
+        if hasattr(run.train_loader.sampler, "set_epoch"):
+            run.train_loader.sampler.set_epoch(state.epoch)
+        train_loss, train_accuracy, examples = _train_one_epoch(
+            config, run, state, device, progress and context.is_main
+        )
         state.train_seconds += time.perf_counter() - started
-        state.examples_seen += examples
+        state.examples_seen += examples * context.world_size
         run.scheduler.step()
         state.epoch += 1
         metrics = _evaluate_epoch(config, run, state, train_loss, train_accuracy)
         state.history.append(metrics)
-        _log_live(live, metrics)
-        save_checkpoint(paths.checkpoint_dir, _checkpoint_state(config, run, state))
-        if progress:
-            print(_epoch_line(config, metrics))
+        checkpoint_state = _checkpoint_state(config, run, state, context)
+        if context.is_main:
+            _log_live(live, metrics)
+            save_checkpoint(paths.checkpoint_dir, checkpoint_state)
+            if progress:
+                print(_epoch_line(config, metrics))
+        _barrier(context)
         if on_epoch_end is not None:
             on_epoch_end(state.epoch)
-    live.end()
     record = build_record(config, run, state, data, device, paths, resolved_params, profile)
     record["stage"] = stage or record["stage"]
-    write_record(paths.record_path, record)
+    record["training"]["world_size"] = context.world_size
+    if context.is_main:
+        live.end()
+        write_record(paths.record_path, record)
+    _barrier(context)
     return record
+
+
+def _barrier(context: DistributedContext) -> None:
+    if context.enabled:
+        torch.distributed.barrier()
 
 
 # ----------------------------------------------------------------------------- setup
@@ -158,6 +182,7 @@ class PreparedRun:
     """The model, optimizer and data of one run, ready to train."""
 
     module: nn.Module  # plain trainable module (model, or its head for fixed-feature models)
+    train_forward: nn.Module  # what training calls: the module, or its DP / DDP wrapper
     full_model: nn.Module
     ema: AveragedModel | None
     setup: PrivateSetup | None
@@ -172,8 +197,11 @@ class PreparedRun:
     method: str | None
 
 
-def prepare_run(config: TrainConfig, data, device: torch.device) -> PreparedRun:
+def prepare_run(
+    config: TrainConfig, data, device: torch.device, context: DistributedContext | None = None
+) -> PreparedRun:
     """Build model, data, optimizer, privacy wrapper and scheduler; all checks happen before training."""
+    context = context or DistributedContext()
     train_x, train_y = data.split("train")
     if config.train_on_validation:
         val_x, val_y = data.split("val")
@@ -236,10 +264,18 @@ def prepare_run(config: TrainConfig, data, device: torch.device) -> PreparedRun:
             target_epsilon=config.target_epsilon,
             noise_multiplier=config.noise_multiplier,
             poisson_sampling=config.poisson_sampling,
+            distributed=context.enabled,
         )
-        optimizer, train_loader = setup.optimizer, setup.loader
+        optimizer, train_loader, train_forward = setup.optimizer, setup.loader, setup.model
+    elif context.enabled:
+        sampler = DistributedSampler(train_dataset, shuffle=True, seed=config.seed)
+        train_loader = DataLoader(
+            train_dataset, batch_size=config.logical_batch_size // context.world_size, sampler=sampler
+        )
+        train_forward = DistributedDataParallel(module)
     else:
         train_loader = DataLoader(train_dataset, batch_size=config.logical_batch_size, shuffle=True)
+        train_forward = module
     if config.lr_schedule == "step":
         scheduler = torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=config.lr_step_size, gamma=config.lr_gamma
@@ -248,6 +284,7 @@ def prepare_run(config: TrainConfig, data, device: torch.device) -> PreparedRun:
         scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     return PreparedRun(
         module,
+        train_forward,
         model,
         ema,
         setup,
@@ -333,13 +370,13 @@ def _train_one_epoch(
             inputs = _model_inputs(config, run, x, device)
             targets = y.to(device).repeat_interleave(k) if k > 1 else y.to(device)
             if run.setup is not None:
-                logits = run.setup.model(inputs)
+                logits = run.train_forward(inputs)
                 loss = run.setup.backward(logits, targets, k)
                 run.optimizer.step()
                 took_step = not run.optimizer._is_last_step_skipped
                 run.optimizer.zero_grad(set_to_none=True)
             else:
-                logits = run.module(inputs)
+                logits = run.train_forward(inputs)
                 loss = F.cross_entropy(logits, targets)
                 (loss * len(y) / batches.logical_size).backward()
                 took_step = batches.last_chunk
@@ -457,8 +494,15 @@ def _spent_epsilon(config: TrainConfig, run: PreparedRun) -> float | None:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _checkpoint_state(config: TrainConfig, run: PreparedRun, state: RunState) -> dict[str, Any]:
+def _checkpoint_state(
+    config: TrainConfig, run: PreparedRun, state: RunState, context: DistributedContext
+) -> dict[str, Any]:
+    """What a resumed run needs; under torchrun every rank's RNG state is gathered (a collective call)."""
     optimizer = getattr(run.optimizer, "original_optimizer", run.optimizer)
+    rng_by_rank = [rng_state()]
+    if context.enabled:
+        rng_by_rank = [None] * context.world_size
+        torch.distributed.all_gather_object(rng_by_rank, rng_state())
     return {
         "config_fingerprint": config_fingerprint(config),
         "module": run.module.state_dict(),
@@ -469,11 +513,13 @@ def _checkpoint_state(config: TrainConfig, run: PreparedRun, state: RunState) ->
         "accountant": run.setup.accountant.state_dict() if run.setup is not None else None,
         "noise_multiplier": run.setup.noise_multiplier if run.setup is not None else None,
         "state": state.__dict__,
-        "rng": rng_state(),
+        "rng_by_rank": rng_by_rank,
     }
 
 
-def _restore(checkpoint: dict[str, Any], config: TrainConfig, run: PreparedRun) -> RunState:
+def _restore(
+    checkpoint: dict[str, Any], config: TrainConfig, run: PreparedRun, context: DistributedContext
+) -> RunState:
     if checkpoint["config_fingerprint"] != config_fingerprint(config):
         raise ConfigError(
             f"run {config.run_id!r}: the checkpoint was written by a different configuration; delete the "
@@ -488,7 +534,12 @@ def _restore(checkpoint: dict[str, Any], config: TrainConfig, run: PreparedRun) 
         if checkpoint["noise_multiplier"] != run.setup.noise_multiplier:
             raise ConfigError(f"run {config.run_id!r}: checkpoint noise multiplier differs from this run's")
         run.setup.accountant.load_state_dict(checkpoint["accountant"])
-    set_rng_state(checkpoint["rng"])
+    if len(checkpoint["rng_by_rank"]) != context.world_size:
+        raise ConfigError(
+            f"run {config.run_id!r}: the checkpoint was written by {len(checkpoint['rng_by_rank'])} process(es); "
+            f"resume it with the same number of processes (now {context.world_size})"
+        )
+    set_rng_state(checkpoint["rng_by_rank"][context.rank])
     return RunState(**checkpoint["state"])
 
 

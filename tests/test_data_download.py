@@ -67,7 +67,9 @@ class _Server:
                 self.wfile.write(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def url(self, name: str) -> str:
@@ -203,33 +205,39 @@ def test_imagenette_download_extracts_and_prepares(server, tmp_path):
     data = (write_tar(tmp_path / "src.tgz", imagenette_members(3, 2))).read_bytes()
     server.files["imagenette2.tgz"] = data
     spec = ArchiveSpec(server.url("imagenette2.tgz"), _md5(data), "imagenette2.tgz")
-    manifest = prepare_dataset(
-        "imagenette",
-        "download",
-        tmp_path / "out",
-        image_size=32,
-        raw_dir=tmp_path / "raw",
-        archive=spec,
-        progress=False,
-    )
+    with pytest.warns(FingerprintWarning, match="split sizes"):  # 30 / 20 images, not 9,469 / 3,925
+        manifest = prepare_dataset(
+            "imagenette",
+            "download",
+            tmp_path / "out",
+            image_size=32,
+            raw_dir=tmp_path / "raw",
+            archive=spec,
+            progress=False,
+        )
     # 3 train images per class: round(0.6) = 1 to validation; the official val split is the test set.
     assert [manifest["counts"][s]["total"] for s in ("train", "val", "test")] == [20, 10, 20]
     assert manifest["fingerprint_matches_official"] is None
+    assert manifest["official_counts_match"] is False
     images = np.load(tmp_path / "out" / "test_images.npy")
     assert images.shape == (20, 3, 32, 32) and images.dtype == np.uint8
     # The extracted copy is reused by a second preparation from the archive itself.
-    again = prepare_dataset(
-        "imagenette",
-        str(tmp_path / "raw" / "imagenette2.tgz"),
-        tmp_path / "out2",
-        image_size=32,
-        raw_dir=tmp_path / "raw",
-        archive=spec,
-        progress=False,
-    )
+    marker = tmp_path / "raw" / "imagenette2.tgz.extracted" / ".extracted-from-md5"
+    stamp = marker.stat().st_mtime_ns
+    with pytest.warns(FingerprintWarning):
+        again = prepare_dataset(
+            "imagenette",
+            str(tmp_path / "raw" / "imagenette2.tgz"),
+            tmp_path / "out2",
+            image_size=32,
+            raw_dir=tmp_path / "raw",
+            archive=spec,
+            progress=False,
+        )
     assert again["fingerprint"] == manifest["fingerprint"]
     assert again["split_fingerprint"] == manifest["split_fingerprint"]
     assert again["source"]["kind"] == "archive"
+    assert marker.stat().st_mtime_ns == stamp
 
 
 def test_local_archive_with_wrong_checksum_is_refused_and_kept(tmp_path):

@@ -254,6 +254,7 @@ def test_fingerprint_warning_for_a_non_official_cifar(tiny, tmp_path):
     assert len(record) == 1
     assert manifest["fingerprint_matches_official"] is False
     assert manifest["official_fingerprint"] == CIFAR10.official_fingerprint
+    assert manifest["official_counts_match"] is False
 
 
 def test_output_is_atomic(tiny, tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ class DatasetSpec:
     normalisation_source: str
     default_image_size: int
     fixed_image_size: bool  # True: images are stored as they are (CIFAR-10); False: resize + crop
+    official_counts: dict[str, int] | None = None  # images per official split ("train", "test")
     official_fingerprint: dict[str, str] | None = None
     class_descriptions: tuple[str, ...] = ()
 
@@ -63,6 +64,7 @@ CIFAR10 = DatasetSpec(
     normalisation_source="published CIFAR-10 constants (125.3, 123.0, 113.9)/255, (63.0, 62.1, 66.7)/255",
     default_image_size=32,
     fixed_image_size=True,
+    official_counts={"train": 50000, "test": 10000},
     official_fingerprint={
         "train": "21235a67dfcc4cc7669afb7875dac92b7923639b463a38fc8b26e7014ef4afec",
         "test": "d2c9e872cbf079d859736586a67337e1ad9ab325b2e6b268e8ca11fb6a686987",
@@ -96,6 +98,7 @@ IMAGENETTE = DatasetSpec(
     normalisation_source="ImageNet mean/std (torchvision)",
     default_image_size=224,
     fixed_image_size=False,
+    official_counts={"train": 9469, "test": 3925},  # imagenette2: train/ and val/
     class_descriptions=(
         "tench",
         "English springer",

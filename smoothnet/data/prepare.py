@@ -48,7 +48,11 @@ class PrepareError(ValueError):
 
 
 class FingerprintWarning(UserWarning):
-    """The prepared CIFAR-10 is not the official set (a subset, another version, or a damaged copy)."""
+    """The prepared data is not the official set (a subset, another version, or a damaged copy).
+
+    CIFAR-10: its fingerprints differ from the known ones; ImageNette (no known fingerprint): its split
+    sizes differ from imagenette2's 9,469 / 3,925.
+    """
 
 
 @dataclass
@@ -80,9 +84,11 @@ def prepare_dataset(
     ``source`` is ``"download"`` (the official archive, fetched into ``raw_dir`` and checksum-verified),
     a path to an image-folder mirror (``<split>/<class>/<file>``), to the downloaded archive, or (CIFAR-10)
     to an extracted ``cifar-10-batches-py`` folder. ``mirror`` (a local copy, as any of those paths) is
-    used only when ``source`` is "download" and the host cannot be reached. ``archive`` replaces the official URL and checksum
-    (tests serve their own archives). ``image_size``: CIFAR-10 stays 32; ImageNette defaults to 224 =
-    Resize(256) + CenterCrop(224) as the paper, other sizes scale both the same way.
+    used only when ``source`` is "download" and the host cannot be reached. ``archive`` replaces the
+    official URL and checksum (tests serve their own archives). ``image_size``: CIFAR-10 stays 32;
+    ImageNette defaults to 224 = Resize(256) + CenterCrop(224) as the paper, other sizes scale both the
+    same way. Data that is not the official set (fingerprint or split sizes) gets one
+    :class:`FingerprintWarning` and is marked so in the manifest.
     """
     spec = dataset_spec(name)
     params_key = f"data.{name}.source"
@@ -116,7 +122,8 @@ def prepare_dataset(
         progress=progress,
     )
     fingerprints = {split: fingerprint(official.digests[split]) for split in ("train", "test")}
-    matches = _check_fingerprint(spec, fingerprints, official.source)
+    official_counts = {split: len(official.labels[split]) for split in ("train", "test")}
+    matches, counts_match = _check_official(spec, fingerprints, official_counts, official.source)
 
     train_idx, val_idx = train_val_split(
         official.digests["train"], official.labels["train"], val_fraction=val_fraction, seed=split_seed
@@ -153,6 +160,8 @@ def prepare_dataset(
         "fingerprint_definition": FINGERPRINT_DEFINITION,
         "official_fingerprint": spec.official_fingerprint,
         "fingerprint_matches_official": matches,
+        "official_counts": spec.official_counts,
+        "official_counts_match": counts_match,
         "split_fingerprint": {},
         "normalisation": {
             "mean": list(spec.mean),
@@ -337,24 +346,32 @@ def _from_mirror(
     )
 
 
-def _check_fingerprint(
-    spec: DatasetSpec, fingerprints: dict[str, str], source: dict[str, Any]
-) -> bool | None:
+def _check_official(
+    spec: DatasetSpec, fingerprints: dict[str, str], counts: dict[str, int], source: dict[str, Any]
+) -> tuple[bool | None, bool]:
+    """(fingerprints match the official ones or None if unknown, counts match); one warning if not."""
+    counts_match = spec.official_counts is None or counts == spec.official_counts
     if spec.official_fingerprint is None:
-        return None
-    if fingerprints == spec.official_fingerprint:
-        log.info("%s: fingerprints match the official set", spec.name)
-        return True
-    differing = [s for s in ("train", "test") if fingerprints[s] != spec.official_fingerprint[s]]
+        matches = None
+        if counts_match:
+            return None, True
+        differing = f"its split sizes {counts} are not the official {spec.official_counts}"
+    else:
+        matches = fingerprints == spec.official_fingerprint
+        if matches:
+            log.info("%s: fingerprints match the official set", spec.name)
+            return True, counts_match
+        split_names = [s for s in ("train", "test") if fingerprints[s] != spec.official_fingerprint[s]]
+        differing = f"its fingerprint ({', '.join(split_names)}) differs from the known one"
     message = (
-        f"{spec.name} from {source.get('path') or source.get('url')} is NOT the official set: its "
-        f"fingerprint ({', '.join(differing)}) differs from the known one (a subset such as "
-        f"the embedded sample, another version, or a damaged copy); results on it are not comparable "
-        f"with the paper. The manifest records fingerprint_matches_official: false."
+        f"{spec.name} from {source.get('path') or source.get('url')} is NOT the official set: {differing} "
+        f"(a subset such as the embedded sample, another version, or a damaged copy); results on it are "
+        f"not comparable with the paper. The manifest records official_counts_match: {counts_match}"
+        f"{'' if matches is None else ', fingerprint_matches_official: false'}."
     )
     log.warning(message)
     warnings.warn(message, FingerprintWarning, stacklevel=3)
-    return False
+    return matches, counts_match
 
 
 def _arrays(

@@ -130,6 +130,16 @@ class TrainConfig:
             raise ConfigError(f"{where}: lr_step_size must be >= 1 and lr_gamma in (0, 1]")
         if self.augmentation_multiplicity < 0:
             fail("augmentation_multiplicity", "must be >= 0 (0 = no augmentation)")
+        if (
+            self.private
+            and self.augmentation_multiplicity > 1
+            and self.grad_sample_mode not in ("auto", "fast")
+        ):
+            raise ConfigError(
+                f"{where}: augmentation_multiplicity {self.augmentation_multiplicity} needs each example's K "
+                f"view gradients averaged before clipping, which grad_sample_mode {self.grad_sample_mode!r} "
+                "cannot do; use grad_sample_mode: fast (or auto)"
+            )
         if self.ema_decay is not None and not (0 < self.ema_decay < 1):
             fail("ema_decay", "must be in (0, 1) or null")
         if self.study not in ("main", "ablation", "literature", "improved"):

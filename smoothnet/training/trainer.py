@@ -220,7 +220,8 @@ def prepare_run(
     frontend = getattr(model, "frozen_frontend", None)
     features_precomputed = frontend is not None
     eval_sets: dict[str, EvalSet] = {}
-    for split in ("val", "test"):
+    # Trained-on validation images are no validation set: evaluate on test only (never tune on it).
+    for split in ("test",) if config.train_on_validation else ("val", "test"):
         x, y = data.split(split)
         if len(y) == 0:
             continue
@@ -311,6 +312,8 @@ def resolve_method(config: TrainConfig, device: torch.device) -> str:
     mode = config.grad_sample_mode
     if mode == "auto":
         mode = choose_method(config.model, device.type)
+        if config.augmentation_multiplicity > 1 and mode in ("hooks", "functorch", "ew", "ghost"):
+            mode = "auto"  # only the fast plug-in clips the mean of an example's K views
         if mode in ("hooks", "functorch", "ew", "ghost"):
             return mode
         return f"fast:{mode}"

@@ -521,3 +521,107 @@ def test_canary_result_is_included(repo):
         atomic_write_json(repo / "audit/canary.json", bad)
         assert failing(audit(repo)) == {("canary", field)}
     assert FAIL == "fail"
+
+
+# ----------------------------------------------------------------------------- a real trainer record
+
+
+@pytest.mark.slow
+def test_record_written_by_the_trainer_passes_the_full_audit(tmp_path):
+    """Train a tiny DP run with the real engine, lock it as DVC would, and audit it end to end."""
+    import warnings
+
+    import torch
+
+    from smoothnet.training.config import TrainConfig
+    from smoothnet.training.trainer import RunPaths, train
+    from tests.support.learnable import prepare_learnable
+
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the prepared sample is not the official CIFAR-10
+        prepared = prepare_learnable(tmp_path / "data", per_class_train=40, per_class_test=5)
+    run_id = "cifar10-smoothnet-eps3-s0"
+    train_defaults = {
+        "study": "main", "model_options": {"width": 0.5, "depth": 1.0}, "private": True, "target_epsilon": 3.0,
+        "delta": 1e-3, "max_grad_norm": 1.0, "epochs": 2, "logical_batch_size": 16, "physical_batch_size": 16,
+        "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0, "lr_schedule": "constant", "grad_sample_mode": "hooks",
+        "seed": 0,
+    }  # fmt: skip
+    params = {"train": train_defaults, "runs": {run_id: {"dataset": "cifar10", "model": "smoothnet"}}}
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    resolved = resolve_run(params, run_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(
+            TrainConfig.from_params(resolved),
+            RunPaths(prepared, root / "runs" / run_id, tmp_path / "ckpt", repo_root=root),
+            resolved_params=resolved,
+            progress=False,
+            profile="fixture",
+        )
+    record_rel = f"runs/{run_id}/record.json"
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            f"train@{run_id}": {
+                "cmd": f"smoothnet train --run {run_id}",
+                "params": {
+                    "params.yaml": {f"runs.{run_id}": params["runs"][run_id], "train": train_defaults}
+                },
+                "outs": [{"path": record_rel, "hash": "md5", "md5": md5(root / record_rel)}],
+            }
+        },
+    }
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+    result = audit(root, prepared=str(prepared.parent))
+    assert result.passed, [(w, c.field, c.message) for w, c in result.failures]
+    (run,) = result.runs
+    statuses = {c.name: c.status for c in run.checks}
+    for name in ("epsilon re-derived", "noise calibration", "sample rate", "accountants agree", "params",
+                 "dvc.lock output", "results match history", "planned steps", "Poisson sampling"):  # fmt: skip
+        assert statuses[name] == PASS, name
+    assert any(c.field == "dataset.fingerprint" and c.status == PASS for c in run.checks)
+    assert run.epsilons["rdp"] <= 3.0 and run.epsilons["prv"] < run.epsilons["rdp"]
+
+
+def test_directory_hash_matches_dvc_and_honours_dvcignore(tmp_path):
+    """Pinned from `dvc repro` (DVC 3.67.1) on this very tree: a CRLF file, a nested folder, ignored .pyc files."""
+    from smoothnet.audit.dvclock import dvc_md5, dvcignore_filter
+
+    (tmp_path / ".dvcignore").write_text("__pycache__/\n*.pyc\n")
+    sub = tmp_path / "sub"
+    (sub / "d").mkdir(parents=True)
+    (sub / "__pycache__").mkdir()
+    (sub / "b.txt").write_bytes(b"x\r\ny\n")
+    (sub / "d/c.bin").write_bytes(b"z\n")
+    (sub / "d/e.txt").write_bytes(b"more\n")
+    (sub / "__pycache__/m.pyc").write_bytes(b"junk\n")
+    (sub / "y.pyc").write_bytes(b"junk2\n")
+    assert dvc_md5(sub, dvcignore_filter(tmp_path)) == "d8eec4b9cb529938a1251fe845ff82f3.dir"
+    assert dvc_md5(sub) != "d8eec4b9cb529938a1251fe845ff82f3.dir"  # without the filter the .pyc files count
+    assert dvc_md5(sub / "d/c.bin") == hashlib.md5(b"z\n").hexdigest()
+    assert dvc_md5(tmp_path / "absent") is None
+
+
+def test_params_audit_section_sets_tolerance_output_and_rejects_unknown_keys(repo, capsys):
+    import argparse
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["audit"] = {"epsilon_tolerance": 0.6, "out": "reports/audit", "allow_changed_deps": True}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    edit_record(repo, DP_RUN, lambda r: r["privacy"].__setitem__("epsilon", r["privacy"]["epsilon"] - 0.5))
+    (repo / "src/train.py").write_text("print('different code')\n")
+    fields = {f for _, f in failing(audit(repo))}
+    assert "privacy.epsilon" not in fields and "dvc.lock deps" not in fields  # within 0.6; deps only warned
+    assert (DP_RUN, "privacy.epsilon") in failing(audit(repo, epsilon_tolerance=0.01))  # the CLI/caller wins
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert audit_main(parser.parse_args(["--root", str(repo)])) == 1  # the record still differs from dvc.lock
+    assert (repo / "reports/audit/audit.json").exists()
+    params["audit"] = {"epsilon_tol": 0.1}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(AuditInputError, match="unknown key"):
+        audit(repo)

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from smoothnet.audit.checks import FAIL, WARN
+from smoothnet.audit.checks import WARN
 
 HELP = "audit stored runs: re-derive epsilons (4 accountants), provenance, report freshness, canary audit"
 
@@ -34,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--canary", default="audit/canary.json", help="canary-audit result to include if present"
     )
-    parser.add_argument("--out", default="audit", help="folder for audit.md and audit.json (default audit)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="folder for audit.md and audit.json (default: params audit.out, else audit)",
+    )
     parser.add_argument(
         "--allow-changed-deps",
         action="store_true",
@@ -73,14 +77,14 @@ def main(args: argparse.Namespace) -> int:
         report_manifest=args.report_manifest,
         prepared=args.prepared,
         canary=args.canary,
-        changed_deps=WARN if args.allow_changed_deps else FAIL,
+        changed_deps=WARN if args.allow_changed_deps else None,
     )
     try:
         result = run_audit(config)
     except AuditInputError as exc:
         print(f"smoothnet audit: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out = Path(args.out or result.options["out"])
     md, js = write_reports(result, out if out.is_absolute() else root / out)
     for where, check in result.failures:
         print(f"FAIL {where}: {check.field}: {check.message}", file=sys.stderr)

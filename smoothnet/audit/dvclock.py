@@ -3,7 +3,8 @@
 ``dvc.lock`` (schema 2.0) lists per stage its ``deps`` and ``outs`` (each with ``path`` and ``md5``) and
 its ``params`` (``{params_file: {key: value}}``, keys as declared in dvc.yaml, e.g. ``train`` or
 ``runs.<run_id>``). DVC 3 (``hash: md5``) hashes a file as the md5 of its bytes and a directory as
-the md5 of ``json.dumps(sorted [{"md5": ..., "relpath": ...}], sort_keys=True)`` followed by ``.dir``.
+the md5 of ``json.dumps(sorted [{"md5": ..., "relpath": ...}], sort_keys=True)`` followed by ``.dir``,
+over the files DVC does not ignore (``.dvcignore``; DVC's own filter decides).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,27 +46,50 @@ def md5_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def md5_dir(path: str | os.PathLike) -> str:
+IgnoreFn = Callable[[Path, bool], bool]
+
+
+def dvcignore_filter(root: str | os.PathLike) -> IgnoreFn:
+    """``ignored(path, is_dir)`` as DVC decides it for the repository at ``root`` (``.dvcignore``, ``.git``...)."""
+    from dvc.fs import LocalFileSystem
+    from dvc.ignore import DvcIgnoreFilter
+
+    fs = LocalFileSystem()
+    dvc_filter = DvcIgnoreFilter(fs, fs.abspath(os.fspath(Path(root).resolve())))
+
+    def ignored(path: Path, is_dir: bool) -> bool:
+        full = os.fspath(path.resolve())
+        return dvc_filter.is_ignored_dir(full) if is_dir else dvc_filter.is_ignored_file(full)
+
+    return ignored
+
+
+def md5_dir(path: str | os.PathLike, ignored: IgnoreFn | None = None) -> str:
     """DVC 3's directory hash: md5 of the sorted JSON listing of the files' md5s, plus ``.dir``.
 
-    Files named in ``.dvcignore`` are not excluded; directories with such files will not match.
+    ``ignored(path, is_dir)`` leaves out what DVC leaves out (see :func:`dvcignore_filter`).
     """
     root = Path(path)
-    entries = [
-        {"md5": md5_file(file), "relpath": file.relative_to(root).as_posix()}
-        for file in sorted(root.rglob("*"))
-        if file.is_file()
-    ]
-    entries.sort(key=lambda e: e["relpath"])
+    found = []
+    for folder, dirnames, filenames in os.walk(root):
+        here = Path(folder)
+        if ignored is not None:
+            dirnames[:] = [d for d in dirnames if not ignored(here / d, True)]
+            filenames = [f for f in filenames if not ignored(here / f, False)]
+        found += [here / f for f in filenames]
+    entries = sorted(
+        ({"md5": md5_file(file), "relpath": file.relative_to(root).as_posix()} for file in found),
+        key=lambda e: e["relpath"],
+    )
     listing = json.dumps(entries, sort_keys=True).encode("utf-8")
     return hashlib.md5(listing).hexdigest() + ".dir"
 
 
-def dvc_md5(path: str | os.PathLike) -> str | None:
+def dvc_md5(path: str | os.PathLike, ignored: IgnoreFn | None = None) -> str | None:
     """DVC's md5 of a file or directory; ``None`` if it does not exist."""
     path = Path(path)
     if path.is_dir():
-        return md5_dir(path)
+        return md5_dir(path, ignored)
     if path.is_file():
         return md5_file(path)
     return None

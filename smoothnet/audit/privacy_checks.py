@@ -31,7 +31,9 @@ from smoothnet.privacy.accounting import (
 
 EPSILON_TOLERANCE = 0.01  # recorded vs re-derived epsilon, same accountant
 TARGET_TOLERANCE = OPACUS_EPSILON_TOLERANCE  # epsilon may exceed the target by Opacus' bisection precision
-RDP_IMPLEMENTATION_TOLERANCE = 0.01  # Opacus RDP vs dp-accounting RDP (same bound, different order grids)
+# Opacus RDP vs dp-accounting RDP: the same bound over different grids of orders; at large q and few steps
+# the grids' best orders differ (measured: 7.998 vs 8.009 at q = 1/5, 15 steps).
+RDP_IMPLEMENTATION_ABS, RDP_IMPLEMENTATION_REL = 0.01, 0.01
 ORDER_SLACK = 0.02  # RDP must not be tighter than PRV/PLD by more than this
 TIGHT_ABS, TIGHT_REL = 0.02, 0.03  # PRV vs PLD: |prv - pld| <= TIGHT_ABS + TIGHT_REL * max(prv, pld)
 
@@ -61,8 +63,13 @@ def record_history(record: dict[str, Any]) -> list[tuple[float, float, int]]:
     return [(float(privacy["noise_multiplier"]), float(privacy["sample_rate"]), int(privacy["steps"]))]
 
 
-def check_privacy(record: dict[str, Any]) -> tuple[list[Check], dict[str, float] | None]:
-    """Every privacy check of one record, and the re-derived epsilon table (``None`` for non-private runs)."""
+def check_privacy(
+    record: dict[str, Any], epsilon_tolerance: float = EPSILON_TOLERANCE
+) -> tuple[list[Check], dict[str, float] | None]:
+    """Every privacy check of one record, and the re-derived epsilon table (``None`` for non-private runs).
+
+    ``epsilon_tolerance``: how far a recorded epsilon may be from its re-derivation (params ``audit``).
+    """
     privacy = record["privacy"]
     if not privacy["private"]:
         return _non_private(privacy), None
@@ -94,7 +101,7 @@ def check_privacy(record: dict[str, Any]) -> tuple[list[Check], dict[str, float]
         )
         return checks, None
 
-    checks += _epsilon_checks(privacy, table)
+    checks += _epsilon_checks(privacy, table, epsilon_tolerance)
     checks += _consistency_checks(table)
     return checks, table
 
@@ -280,7 +287,7 @@ def _calibration_check(record: dict[str, Any], sigma: float, q: float, delta: fl
     )
 
 
-def _epsilon_checks(privacy: dict[str, Any], table: dict[str, float]) -> list[Check]:
+def _epsilon_checks(privacy: dict[str, Any], table: dict[str, float], tolerance: float) -> list[Check]:
     checks = []
     accountant = privacy["accountant"]
     recorded = privacy.get("epsilon")
@@ -300,15 +307,14 @@ def _epsilon_checks(privacy: dict[str, Any], table: dict[str, float]) -> list[Ch
         )
     else:
         derived = table[accountant]
-        ok = abs(float(recorded) - derived) <= EPSILON_TOLERANCE
+        ok = abs(float(recorded) - derived) <= tolerance
         checks.append(
             _check(
                 "epsilon re-derived",
                 "privacy.epsilon",
                 PASS if ok else FAIL,
                 f"recorded {float(recorded):.4f}, re-derived {derived:.4f} ({accountant}) from noise_multiplier, "
-                f"sample_rate, steps and delta"
-                + ("" if ok else f": differs by more than {EPSILON_TOLERANCE}"),
+                f"sample_rate, steps and delta" + ("" if ok else f": differs by more than {tolerance}"),
                 recorded=recorded,
                 rederived=derived,
             )
@@ -325,7 +331,7 @@ def _epsilon_checks(privacy: dict[str, Any], table: dict[str, float]) -> list[Ch
                 )
             )
             continue
-        ok = value is not None and abs(float(value) - table[name]) <= EPSILON_TOLERANCE
+        ok = value is not None and abs(float(value) - table[name]) <= tolerance
         checks.append(
             _check(
                 "epsilon by accountant",
@@ -357,7 +363,7 @@ def _consistency_checks(table: dict[str, float]) -> list[Check]:
     rdp, prv, dpa_rdp, pld = (table[k] for k in ("rdp", "prv", "dpa_rdp", "dpa_pld"))
     summary = ", ".join(f"{k} {v:.4f}" for k, v in table.items())
     problems = []
-    if abs(rdp - dpa_rdp) > RDP_IMPLEMENTATION_TOLERANCE:
+    if abs(rdp - dpa_rdp) > RDP_IMPLEMENTATION_ABS + RDP_IMPLEMENTATION_REL * max(rdp, dpa_rdp):
         problems.append(f"Opacus RDP {rdp:.4f} and dp-accounting RDP {dpa_rdp:.4f} disagree")
     if rdp < max(prv, pld) - ORDER_SLACK:
         problems.append(

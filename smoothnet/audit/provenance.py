@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check, diff_values, lookup_dotted, short
-from smoothnet.audit.dvclock import dvc_md5, entries
+from smoothnet.audit.dvclock import dvc_md5, dvcignore_filter, entries
 from smoothnet.io import sha256_file
 from smoothnet.params import ParamsError, resolve_run
 from smoothnet.records import RecordError, validate_record
@@ -36,11 +36,15 @@ class HashCache:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._md5: dict[str, str | None] = {}
+        self._ignored = None
 
     def md5(self, rel: str) -> str | None:
-        """DVC md5 of ``root/rel``; ``None`` if it does not exist."""
+        """DVC md5 of ``root/rel`` (honouring ``.dvcignore`` for folders); ``None`` if it does not exist."""
         if rel not in self._md5:
-            self._md5[rel] = dvc_md5(self.root / rel)
+            path = self.root / rel
+            if path.is_dir() and self._ignored is None:
+                self._ignored = dvcignore_filter(self.root)
+            self._md5[rel] = dvc_md5(path, self._ignored)
         return self._md5[rel]
 
 
@@ -295,6 +299,10 @@ def check_dataset(record: dict[str, Any], prepared_root: Path) -> list[Check]:
                 f"record {record['dataset']['manifest_sha256'][:12]}..., {manifest_path} is {digest[:12]}...",
             )
         )
+    if not checks:
+        checks.append(
+            _check("dataset", "dataset.fingerprint", PASS, f"fingerprint and manifest match {manifest_path}")
+        )
     if manifest.get("fingerprint_matches_official") is False:
         checks.append(
             _check(
@@ -304,7 +312,7 @@ def check_dataset(record: dict[str, Any], prepared_root: Path) -> list[Check]:
                 "the prepared data is NOT the official dataset (manifest says so)",
             )
         )
-    return checks or [_check("dataset", "dataset.fingerprint", PASS, f"matches {manifest_path}")]
+    return checks
 
 
 def check_environment(record: dict[str, Any]) -> list[Check]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from smoothnet.audit.checks import FAIL, PASS, SKIP, Check
+from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check
 from smoothnet.audit.dvclock import LockError, load_lock
 from smoothnet.audit.freshness import check_record_cited, check_report, load_report_manifest
-from smoothnet.audit.privacy_checks import check_privacy
+from smoothnet.audit.privacy_checks import EPSILON_TOLERANCE, check_privacy
 from smoothnet.audit.provenance import (
     HashCache,
     check_dataset,
@@ -29,8 +29,30 @@ from smoothnet.records import find_records, record_hash
 NOT_A_RESULT_PROFILES = ("quick", "fixture")
 
 
+AUDIT_OPTIONS = {"epsilon_tolerance": EPSILON_TOLERANCE, "out": "audit", "allow_changed_deps": False}
+
+
 class AuditInputError(ValueError):
     """An audit input (params.yaml, dvc.lock, runs folder) is missing or unreadable."""
+
+
+def audit_options(params: dict[str, Any]) -> dict[str, Any]:
+    """The ``audit`` section of params.yaml with defaults; unknown keys are an error."""
+    section = params.get("audit") or {}
+    if not isinstance(section, dict):
+        raise AuditInputError("params.yaml: 'audit' must be a mapping")
+    unknown = sorted(set(section) - set(AUDIT_OPTIONS))
+    if unknown:
+        raise AuditInputError(
+            f"params.yaml audit: unknown key(s) {unknown}; valid keys: {sorted(AUDIT_OPTIONS)}"
+        )
+    options = {**AUDIT_OPTIONS, **section}
+    tolerance = options["epsilon_tolerance"]
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 <= tolerance < 1:
+        raise AuditInputError(
+            f"params.yaml audit.epsilon_tolerance must be a number in [0, 1), got {tolerance!r}"
+        )
+    return options
 
 
 @dataclass(frozen=True)
@@ -44,7 +66,10 @@ class AuditConfig:
     report_manifest: str = "paper/report_manifest.json"
     prepared: str = "data/prepared"
     canary: str = "audit/canary.json"
-    changed_deps: str = FAIL  # status when a locked dependency changed since the run: fail or warn
+    changed_deps: str | None = (
+        None  # fail or warn when a locked dependency changed; None: params audit section
+    )
+    epsilon_tolerance: float | None = None  # None: params audit section (default 0.01)
 
     def path(self, value: str) -> Path:
         """``value`` resolved against the repository root."""
@@ -104,6 +129,7 @@ class AuditResult:
     canary_checks: list[Check]
     canary: dict[str, Any] | None
     inputs: dict[str, str]
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[tuple[str, Check]]:
@@ -179,7 +205,7 @@ def audit_record(
         accountant=privacy.get("accountant"),
         target_epsilon=privacy.get("target_epsilon"),
     )
-    privacy_checks, run.epsilons = check_privacy(record)
+    privacy_checks, run.epsilons = check_privacy(record, config.epsilon_tolerance)
     run.checks += privacy_checks
     run.checks += check_identity(record, path)
     run.checks += check_params(record, params)
@@ -238,6 +264,10 @@ def check_canary(path: Path) -> tuple[list[Check], dict[str, Any] | None]:
 def run_audit(config: AuditConfig) -> AuditResult:
     """Audit every record under the runs folder; never raises for a failing check, only for unreadable inputs."""
     params, stages, paths = load_inputs(config)
+    options = audit_options(params)
+    tolerance = options["epsilon_tolerance"] if config.epsilon_tolerance is None else config.epsilon_tolerance
+    changed = config.changed_deps or (WARN if options["allow_changed_deps"] else FAIL)
+    config = replace(config, epsilon_tolerance=float(tolerance), changed_deps=changed)
     hashes = HashCache(config.root)
     manifest_path = config.path(config.report_manifest)
     try:
@@ -262,4 +292,6 @@ def run_audit(config: AuditConfig) -> AuditResult:
         "prepared": config.prepared,
         "canary": config.canary,
     }
-    return AuditResult(runs, report_checks, canary_checks, canary, inputs)
+    inputs["epsilon_tolerance"] = str(config.epsilon_tolerance)
+    inputs["changed_deps"] = str(config.changed_deps)
+    return AuditResult(runs, report_checks, canary_checks, canary, inputs, options)

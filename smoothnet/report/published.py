@@ -52,7 +52,8 @@ class PublishedNumber:
         if self.delta is not None:
             budget += f", δ = {self.delta:g}"
         acc = f", {self.accountant.upper()}" if self.accountant else ""
-        return f"{self.source} ({ref}; {self.metric} accuracy; {budget}{acc})"
+        metric = "metric not stated" if self.metric == "unknown" else f"{self.metric} accuracy"
+        return f"{self.source} ({ref}; {metric}; {budget}{acc})"
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ class Table:
         """GitHub Markdown: bold title line, the table, then the notes as a list."""
         lines = [f"**{self.title}**", ""]
         lines.append("| " + " | ".join(self.columns) + " |")
-        lines.append("|" + "|".join(":---" if i == 0 else "---:" for i in range(len(self.columns))) + "|")
+        spec = self.align or ("l" + "r" * (len(self.columns) - 1))
+        lines.append("|" + "|".join(":---" if a == "l" else "---:" for a in spec) + "|")
         for row in self.rows:
             lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
         if not self.rows:

@@ -2,8 +2,8 @@
 
 Book-keeping (Bu et al. 2022, "Differentially private optimization on large model at small cost"),
 as a plug-in beside Opacus. :class:`ClippedGradientModule` wraps a model; its forward runs with the
-trainable parameters detached from the graph (``requires_grad`` off, input ``requires_grad`` on), so
-the single backward computes only activation gradients. Hooks on every layer with parameters keep
+trainable parameters detached from the graph (``requires_grad`` off; the output of a layer with
+nothing trainable upstream starts the graph), so the single backward computes only activation gradients. Hooks on every layer with parameters keep
 the layer's input and the gradient of its output; from those each layer gives its per-example
 gradient norms and, once the clip factors are known, its clipped summed gradient:
 
@@ -13,7 +13,8 @@ gradient norms and, once the clip factors are known, its clipped summed gradient
 - ``ghost``: norms from Gram matrices (cost ~ B T^2 (d + p), T spatial positions; for a Linear layer
   on vectors the norm is ||a|| ||g||), then the clipped sum as ONE batched weight gradient with the
   output gradients scaled by each example's clip factor. Memory: the layer's input and output grad.
-- ``auto`` (default, "mixed ghost clipping"): per layer, ``ghost`` where 2 T^2 <= p d, else ``materialize``.
+- ``auto`` (default, "mixed ghost clipping"): per layer, ``ghost`` where 8 T^2 (d + p) <= d p (e.g. a
+  Linear layer on vectors, late convolutions at 2x2), else ``materialize``.
 
 Conv1d/2d/3d, Linear, GroupNorm and LayerNorm have exact rules (matched by exact type: a subclass
 may change the forward, e.g. weight standardisation). Any other module with trainable parameters of
@@ -131,7 +132,6 @@ class ClippedGradientModule(nn.Module):
             raise TypeError(f"ClippedGradientModule needs a floating-point input, got dtype {x.dtype}")
         self._state = {sub: _LayerState() for sub in self._layers}
         self._batch_rows = x.shape[0]
-        x = x.detach().requires_grad_(True)  # the backward reaches every layer without weight gradients
         flags = [p.requires_grad for p in self._params]
         self._capturing = True
         try:
@@ -143,19 +143,23 @@ class ClippedGradientModule(nn.Module):
             for p, flag in zip(self._params, flags, strict=True):
                 p.requires_grad_(flag)
 
-    def _forward_hook(self, sub: nn.Module, args: tuple, kwargs: dict, output) -> None:
+    def _forward_hook(self, sub: nn.Module, args: tuple, kwargs: dict, output):
         if not self._capturing or self._state is None:
             return
         args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
         versions = tuple(a._version for a in args if isinstance(a, Tensor))
         capture = _Capture(args, dict(kwargs), versions)
         self._state[sub].captures.append(capture)
-        if isinstance(output, Tensor) and output.requires_grad:
-            output.register_hook(lambda grad, sub=sub, capture=capture: self._on_grad(sub, capture, grad))
-        elif not isinstance(output, Tensor):
+        if not isinstance(output, Tensor):
             raise TypeError(
                 f"{type(sub).__name__} returns {type(output).__name__}; per-sample rules need a Tensor"
             )
+        if not output.requires_grad:
+            # Nothing trainable upstream: start the graph here, so the backward stops at this layer
+            # (no input gradient for the first layer or a parameter-free frontend).
+            output = output.detach().requires_grad_(True)
+        output.register_hook(lambda grad, sub=sub, capture=capture: self._on_grad(sub, capture, grad))
+        return output
 
     def _on_grad(self, sub: nn.Module, capture: _Capture, grad: Tensor) -> None:
         # Runs inside the backward. A layer called once is processed at once, so its input and output
@@ -201,7 +205,7 @@ class ClippedGradientModule(nn.Module):
             if layer.captures:
                 self._per_example(sub, layer, k)
             for gs in layer.grad_samples.values():
-                norm_sq += gs.flatten(1).pow(2).sum(1)
+                norm_sq += gs.pow(2).sum(tuple(range(1, gs.dim())))
             if layer.norm_sq is not None:
                 norm_sq += layer.norm_sq
         norms = norm_sq.sqrt()
@@ -210,7 +214,8 @@ class ClippedGradientModule(nn.Module):
             layer = state[sub]
             for name, p in own.items():
                 if name in layer.grad_samples:
-                    _accumulate(p, torch.tensordot(clip, layer.grad_samples[name], dims=1))
+                    gs = layer.grad_samples[name]
+                    _accumulate(p, (gs * clip.view(-1, *[1] * (gs.dim() - 1)).to(gs.dtype)).sum(0))
             for x, go in layer.ghost:
                 self._ghost_sum(sub, own, x, go, clip.repeat_interleave(k))
             for p in own.values():
@@ -243,7 +248,10 @@ class ClippedGradientModule(nn.Module):
     def _use_ghost(self, positions: int, fan_in: int, fan_out: int, single_use: bool) -> bool:
         if not single_use or self.method == "materialize":
             return False
-        return self.method == "ghost" or 2 * positions * positions <= fan_in * fan_out
+        # Ghost costs a Gram pass (B T^2 (d + p)) on top of the clipped-sum weight gradient that
+        # materialising replaces; it only wins where that pass is small next to the per-example
+        # gradients' memory traffic (B d p). 8x margin: measured on CPU, where im2col is costly.
+        return self.method == "ghost" or 8 * positions * positions * (fan_in + fan_out) <= fan_in * fan_out
 
     def _conv(self, conv, own, layer, x, go, k, single_use) -> None:
         x = _conv_input(conv, x)
@@ -260,10 +268,13 @@ class ClippedGradientModule(nn.Module):
             layer.norm_sq = _ghost_norm_sq(a, g) + (0 if layer.norm_sq is None else layer.norm_sq)
             layer.ghost.append((x, go))
             return
-        samples = torch.empty((rows // k, *conv.weight.shape), dtype=_acc(go).dtype, device=x.device)
+        samples = None
         for i in range(rows // k):
             part = slice(i * k, i * k + k)
-            samples[i] = _conv_weight_grad(conv, x[part], go[part])
+            grad = _conv_weight_grad(conv, x[part], go[part])
+            if samples is None:  # same memory layout as oneDNN's result (e.g. channels-last): plain copies
+                samples = _batched_like(grad, rows // k, _acc(go).dtype)
+            samples[i] = grad
         _add_samples(layer, {"weight": samples})
 
     def _linear(self, own, layer, x, go, k, single_use) -> None:
@@ -305,6 +316,13 @@ def _accumulate(p: nn.Parameter, grad: Tensor) -> None:
         p.grad = grad
     else:
         p.grad += grad
+
+
+def _batched_like(t: Tensor, batch: int, dtype: torch.dtype) -> Tensor:
+    """An empty (batch, *t.shape) tensor whose every slice has t's memory layout."""
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))  # dims from outermost to innermost
+    buffer = torch.empty((batch, *[t.shape[d] for d in order]), dtype=dtype, device=t.device)
+    return buffer.permute(0, *[1 + order.index(d) for d in range(t.dim())])
 
 
 def _add_samples(layer: _LayerState, samples: dict[str, Tensor]) -> None:

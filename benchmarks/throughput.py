@@ -1,0 +1,308 @@
+"""Throughput and peak memory of one training step: non-private vs every DP per-sample method.
+
+    .venv/bin/python benchmarks/throughput.py --models smoothnet_w80d50 --batch 16 --repeats 3 --out bench.json
+    .venv/bin/python benchmarks/throughput.py --scatter-epoch --out scatter.json
+
+For each model at its dataset resolution, each method runs a few full steps (forward, backward,
+per-sample clipping, noise, SGD-momentum update) at the same physical batch, after one warm-up
+step; the table gives the median images/s, the peak memory of one step above the memory held
+before it (CUDA: max_memory_allocated; CPU: peak RSS via /proc/self/clear_refs, Linux only), and
+the ratios to the fastest non-private step. Methods: ``nonprivate``, Opacus ``hooks``,
+``functorch``, ``ew``, ``ghost`` (GradSampleModule modes with DPOptimizer /
+DPOptimizerFastGradientClipping) and ours (``ours_auto``, ``ours_ghost``, ``ours_materialize``:
+smoothnet.privacy.fast_clipping); ``_cl`` = channels-last. A method that fails is reported, not hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from smoothnet.io import atomic_write_text  # noqa: E402
+from smoothnet.models import build_model  # noqa: E402
+from smoothnet.privacy.fast_clipping import ClippedGradientModule  # noqa: E402
+
+PAPER_MODELS = ["smoothnet_w80d50", "resnet9", "resnet18", "resnet34", "densenet121", "efficientnet_b0"]
+METHODS = ["nonprivate", "hooks", "functorch", "ew", "ghost", "ours_auto", "ours_ghost", "ours_materialize"]
+CLIP, SIGMA = 1.0, 1.0
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=2e-4)
+
+
+def make_step(model: nn.Module, method: str, batch: int):
+    """A closure running one full training step of ``method`` on (x, y)."""
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+
+    criterion = nn.CrossEntropyLoss(reduction="none")
+    if method == "nonprivate":
+        opt = _sgd(model.parameters())
+
+        def step(x, y):
+            opt.zero_grad(set_to_none=True)
+            criterion(model(x), y).mean().backward()
+            opt.step()
+
+        return step
+    if method.startswith("ours_"):
+        wrapped = ClippedGradientModule(model, CLIP, method.removeprefix("ours_"))
+        opt = DPOptimizerFastGradientClipping(
+            _sgd(model.parameters()), noise_multiplier=SIGMA, max_grad_norm=CLIP, expected_batch_size=batch
+        )
+
+        def step(x, y):
+            opt.zero_grad(set_to_none=True)
+            wrapped.clipped_backward(criterion(wrapped(x), y))
+            opt.step()
+
+        return step
+    if method == "ghost":
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+        gsm = GradSampleModuleFastGradientClipping(model, max_grad_norm=CLIP, use_ghost_clipping=True)
+        opt = DPOptimizerFastGradientClipping(
+            _sgd(gsm.parameters()), noise_multiplier=SIGMA, max_grad_norm=CLIP, expected_batch_size=batch
+        )
+        dp_loss = DPLossFastGradientClipping(gsm, opt, nn.CrossEntropyLoss(reduction="mean"))
+
+        def step(x, y):
+            opt.zero_grad(set_to_none=True)
+            dp_loss(gsm(x), y).backward()
+            opt.step()
+
+        return step
+    from opacus.grad_sample import get_gsm_class
+
+    extra = {} if method == "ew" else {"force_functorch": method == "functorch"}
+    gsm = get_gsm_class(method)(model, batch_first=True, loss_reduction="mean", **extra)
+    opt = DPOptimizer(
+        _sgd(gsm.parameters()), noise_multiplier=SIGMA, max_grad_norm=CLIP, expected_batch_size=batch
+    )
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        criterion(gsm(x), y).mean().backward()
+        opt.step()
+
+    return step
+
+
+def peak_memory_mib(step, x, y, device: torch.device) -> float | None:
+    """Peak memory of the FIRST step (run in a fresh process) above what was held before it, in MiB.
+
+    CUDA: max_memory_allocated. CPU: peak RSS (ru_maxrss) minus the RSS before the step, so the
+    model, the batch and the interpreter are excluded; the first step includes creating the
+    optimizer's momentum buffers, the same for every method.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step(x, y)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    import resource
+
+    status = Path("/proc/self/status")
+    if not status.exists():
+        step(x, y)
+        return None
+    rss = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS:"))
+    step(x, y)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024
+
+
+def measure(name: str, method: str, args, device: torch.device) -> dict:
+    """Median images/s over ``args.repeats`` steps after a warm-up step, and peak memory of one step."""
+    channels_last = method.endswith("_cl")
+    base = method.removesuffix("_cl")
+    torch.manual_seed(0)
+    model = build_model(name, 10, args.image_size).to(device)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    row = {"model": name, "method": method, "batch": args.batch, "image_size": args.image_size}
+    try:
+        step = make_step(model, base, args.batch)
+        row["peak_memory_mib"] = peak_memory_mib(step, x, y, device)  # doubles as the warm-up step
+        times = []
+        for _ in range(args.repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step(x, y)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        row["step_s"] = statistics.median(times)
+        row["min_step_s"] = min(times)
+        row["images_per_s"] = args.batch / row["step_s"]
+    except Exception as error:  # a method that cannot handle this model is a result too
+        row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+    return row
+
+
+def measure_in_subprocess(name: str, method: str, args) -> dict:
+    """``measure`` in a fresh interpreter: clean peak memory, no state carried between methods."""
+    command = [sys.executable, __file__, "--single", name, method, "--batch", str(args.batch),
+               "--image-size", str(args.image_size), "--repeats", str(args.repeats), "--device", args.device]  # fmt: skip
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:160]
+        return {
+            "model": name,
+            "method": method,
+            "batch": args.batch,
+            "image_size": args.image_size,
+            "error": tail,
+        }
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """DP step time and memory relative to the model's fastest non-private step, and speed vs Opacus hooks."""
+    for name in {r["model"] for r in rows}:
+        mine = [r for r in rows if r["model"] == name and "step_s" in r]
+        plain = [r for r in mine if r["method"].startswith("nonprivate")]
+        hooks = [r for r in mine if r["method"] == "hooks"]
+        if not plain:
+            continue
+        best = min(plain, key=lambda r: r["step_s"])
+        for r in mine:
+            r["time_vs_nonprivate"] = r["step_s"] / best["step_s"]
+            if r.get("peak_memory_mib") and best.get("peak_memory_mib"):
+                r["memory_vs_nonprivate"] = r["peak_memory_mib"] / best["peak_memory_mib"]
+            if hooks:
+                r["speed_vs_hooks"] = r["images_per_s"] / hooks[0]["images_per_s"]
+
+
+def markdown(rows: list[dict]) -> str:
+    """The results as a Markdown table."""
+
+    def fmt(v, spec):
+        return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+    lines = [
+        "| model | method | img/s | step time / best non-private | peak MiB | memory / non-private | speed / Opacus hooks |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['method']} | failed: {r['error']} | | | | |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['method']} | {fmt(r['images_per_s'], '.2f')} | {fmt(r.get('time_vs_nonprivate'), '.2f')}x"
+            f" | {fmt(r.get('peak_memory_mib'), '.0f')} | {fmt(r.get('memory_vs_nonprivate'), '.2f')}x"
+            f" | {fmt(r.get('speed_vs_hooks'), '.2f')}x |"
+        )
+    return "\n".join(lines)
+
+
+def scatter_epoch(args, device: torch.device) -> list[dict]:
+    """ScatterNet + linear head on random (243, 8, 8) features: one epoch of ``args.scatter_n`` at batch 8192."""
+    model_full = build_model("scatternet_linear", 10, 32)
+    rows = []
+    n, batch = args.scatter_n, args.scatter_batch
+    features = torch.randn(n, 243, 8, 8, device=device)
+    labels = torch.randint(0, 10, (n,), device=device)
+    steps_per_epoch = -(-n // batch)
+    for method in args.scatter_methods:
+        head = copy.deepcopy(model_full.head).to(device)
+        step = make_step(head, method, batch)
+        row = {"model": "scatternet_linear(head on features)", "method": method, "batch": batch, "n": n}
+        try:
+            step(features[:batch], labels[:batch])  # warm-up
+            limit = (
+                steps_per_epoch if method.startswith("ours") or method == "nonprivate" else args.scatter_steps
+            )
+            start = time.perf_counter()
+            for i in range(min(limit, steps_per_epoch)):
+                step(features[i * batch : (i + 1) * batch], labels[i * batch : (i + 1) * batch])
+            elapsed = time.perf_counter() - start
+            done = min(limit, steps_per_epoch)
+            row["measured_steps"] = done
+            row["epoch_s"] = elapsed / done * steps_per_epoch
+            row["extrapolated"] = done < steps_per_epoch
+        except Exception as error:
+            row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=PAPER_MODELS)
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help=f"default: {METHODS} and their _cl variants"
+    )
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--scatter-epoch", action="store_true", help="time one ScatterNet+linear epoch instead"
+    )
+    parser.add_argument("--scatter-n", type=int, default=40000)
+    parser.add_argument("--scatter-batch", type=int, default=8192)
+    parser.add_argument("--scatter-steps", type=int, default=1, help="steps timed for the slow Opacus modes")
+    parser.add_argument("--scatter-methods", nargs="+", default=["nonprivate", "ours_auto", "ghost", "hooks"])
+    parser.add_argument("--single", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None, help="JSON output path")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.batch < 1:
+        parser.error("--repeats and --batch must be >= 1")
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    machine = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    if args.single:
+        print(json.dumps(measure(*args.single, args, device)))
+        return 0
+    if args.scatter_epoch:
+        rows = scatter_epoch(args, device)
+    else:
+        methods = args.methods or [m for base in METHODS for m in (base, base + "_cl")]
+        rows = []
+        for name in args.models:
+            for method in methods:
+                row = measure_in_subprocess(name, method, args)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        add_ratios(rows)
+        print(markdown(rows))
+    if args.out:
+        atomic_write_text(
+            args.out, json.dumps({"machine": machine, "rows": rows}, indent=2, sort_keys=True) + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

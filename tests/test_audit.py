@@ -625,3 +625,36 @@ def test_params_audit_section_sets_tolerance_output_and_rejects_unknown_keys(rep
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(AuditInputError, match="unknown key"):
         audit(repo)
+
+
+def test_ablation_run_is_checked_against_the_ablation_pipeline_lock(repo):
+    """Ablation runs live in params `ablations` and ablations/dvc.yaml (stage ablate@<id>, own dvc.lock)."""
+    run_id = "toy-smoothnet-ablation-s0"
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["ablations"] = {run_id: {"dataset": "toy", "model": "smoothnet_w10d10", "seed": 3}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    manifest = repo / "data/prepared/toy/manifest.json"
+    record = build_record(params, run_id, FINGERPRINT, sha256_file(manifest))
+    record["stage"] = f"ablations/dvc.yaml:ablate@{run_id}"
+    record["training"]["seed"] = 3
+    record_rel = f"runs/{run_id}/record.json"
+    atomic_write_json(repo / record_rel, record)
+    stage = {
+        "cmd": f"python pipelines/train.py {run_id}",
+        "params": {
+            "params.yaml": {f"ablations.{run_id}": params["ablations"][run_id], "train": params["train"]}
+        },
+        "outs": [{"path": record_rel, "hash": "md5", "md5": md5(repo / record_rel)}],
+    }
+    (repo / "ablations").mkdir()
+    (repo / "ablations/dvc.lock").write_text(
+        yaml.safe_dump({"schema": "2.0", "stages": {f"ablate@{run_id}": stage}})
+    )
+    result = audit(repo)
+    assert result.passed, [(w, c.field, c.message) for w, c in result.failures]
+    assert run_id in {run.run_id for run in result.runs}
+    params["ablations"][run_id]["seed"] = 4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert {(run_id, "params.seed"), (run_id, f"params.yaml:ablations.{run_id}.seed")} <= failing(audit(repo))
+    (repo / "ablations/dvc.lock").unlink()
+    assert (run_id, "ablations/dvc.lock") in failing(audit(repo))

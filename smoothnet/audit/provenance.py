@@ -19,7 +19,7 @@ from typing import Any
 from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check, diff_values, lookup_dotted, short
 from smoothnet.audit.dvclock import dvc_md5, dvcignore_filter, entries
 from smoothnet.io import sha256_file
-from smoothnet.params import ParamsError, resolve_run
+from smoothnet.params import ParamsError, resolve_run, run_group, stage_name
 from smoothnet.records import RecordError, validate_record
 
 GROUP = "provenance"
@@ -68,9 +68,26 @@ def load_and_validate(path: Path) -> tuple[dict[str, Any] | None, list[Check]]:
     return record, [_check("schema", "schema", PASS, "every required field present with the right type")]
 
 
-def check_identity(record: dict[str, Any], path: Path) -> list[Check]:
-    """run_id matches the record's folder and the stage is ``train@<run_id>``."""
+def expected_stage(params: dict[str, Any] | None, run_id: str) -> str:
+    """The DVC stage that trains ``run_id``: ``train@<id>``, or ``ablations/dvc.yaml:ablate@<id>`` for ablations."""
+    try:
+        return stage_name(params or {}, run_id)
+    except ParamsError:
+        return f"train@{run_id}"
+
+
+def split_stage(stage: str) -> tuple[str, str]:
+    """``("ablations/dvc.lock", "ablate@x")`` for ``"ablations/dvc.yaml:ablate@x"``; ``("dvc.lock", stage)`` else."""
+    if ":" in stage:
+        dvcfile, name = stage.rsplit(":", 1)
+        return (Path(dvcfile).parent / "dvc.lock").as_posix(), name
+    return "dvc.lock", stage
+
+
+def check_identity(record: dict[str, Any], path: Path, params: dict[str, Any] | None = None) -> list[Check]:
+    """run_id matches the record's folder and the stage is the one params.yaml assigns (``train@<run_id>``)."""
     run_id = record["run_id"]
+    stage = expected_stage(params, run_id)
     checks = []
     if path.parent.name != run_id:
         checks.append(
@@ -78,10 +95,8 @@ def check_identity(record: dict[str, Any], path: Path) -> list[Check]:
                 "identity", "run_id", FAIL, f"run_id {run_id!r} but the record lives in {path.parent.name!r}/"
             )
         )
-    if record["stage"] != f"train@{run_id}":
-        checks.append(
-            _check("identity", "stage", FAIL, f"stage {record['stage']!r}, expected 'train@{run_id}'")
-        )
+    if record["stage"] != stage:
+        checks.append(_check("identity", "stage", FAIL, f"stage {record['stage']!r}, expected {stage!r}"))
     if record["params"].get("run_id") not in (None, run_id):
         checks.append(
             _check(
@@ -91,7 +106,7 @@ def check_identity(record: dict[str, Any], path: Path) -> list[Check]:
                 f"params.run_id {record['params']['run_id']!r} != {run_id!r}",
             )
         )
-    return checks or [_check("identity", "run_id", PASS, f"stage train@{run_id}")]
+    return checks or [_check("identity", "run_id", PASS, f"stage {stage}")]
 
 
 def _diff_message(diffs: list[tuple[str, Any, Any]], expected_name: str, actual_name: str) -> str:
@@ -130,19 +145,27 @@ def check_lock(
     params: dict[str, Any] | None,
     hashes: HashCache,
     changed_deps_status: str = FAIL,
+    lock_name: str = "dvc.lock",
 ) -> list[Check]:
-    """Compare the record with its ``train@<run_id>`` stage in dvc.lock (params, output md5, deps md5)."""
+    """Compare the record with its stage in ``lock_name`` (params, output md5, deps md5).
+
+    ``stages`` is that lock file's ``stages`` mapping, ``None`` when the file does not exist. Paths in the
+    lock are relative to the stage's working directory, the repository root for every stage here.
+    """
+    full_stage = expected_stage(params, record["run_id"])
+    _, key = split_stage(full_stage)
     if stages is None:
-        return [_check("dvc.lock", "dvc.lock", SKIP, "no dvc.lock given")]
-    stage_name = f"train@{record['run_id']}"
-    stage = stages.get(stage_name)
+        return [
+            _check("dvc.lock", lock_name, FAIL, f"{lock_name} not found: stage {full_stage!r} is not locked")
+        ]
+    stage = stages.get(key)
     if not isinstance(stage, dict):
         return [
             _check(
                 "dvc.lock",
                 "dvc.lock",
                 FAIL,
-                f"dvc.lock has no stage {stage_name!r} (run `dvc repro` / `dvc commit`)",
+                f"{lock_name} has no stage {key!r} (run `dvc repro` / `dvc commit`)",
             )
         ]
     checks = _lock_params(record, stage, params)
@@ -184,9 +207,13 @@ def _lock_params(record: dict[str, Any], stage: dict[str, Any], params: dict[str
                     )
                 )
     run_id = record["run_id"]
-    run_key = f"runs.{run_id}"
+    try:
+        group = run_group(params or {}, run_id)
+    except ParamsError:
+        group = "runs"
+    run_key = f"{group}.{run_id}"
     if "train" in locked and run_key in locked:
-        rebuilt = resolve_run({"train": locked["train"], "runs": {run_id: locked[run_key]}}, run_id)
+        rebuilt = resolve_run({"train": locked["train"], group: {run_id: locked[run_key]}}, run_id)
         diffs = diff_values(rebuilt, record["params"])
         if diffs:
             checks.append(

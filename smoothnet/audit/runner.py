@@ -20,7 +20,9 @@ from smoothnet.audit.provenance import (
     check_identity,
     check_lock,
     check_params,
+    expected_stage,
     load_and_validate,
+    split_stage,
 )
 from smoothnet.audit.sanity import check_sanity
 from smoothnet.params import ParamsError, load_params
@@ -185,7 +187,12 @@ def load_inputs(config: AuditConfig) -> tuple[dict[str, Any], dict[str, Any], li
 
 
 def audit_record(
-    path: Path, config: AuditConfig, params: dict[str, Any], stages: dict[str, Any], hashes: HashCache, cited
+    path: Path,
+    config: AuditConfig,
+    params: dict[str, Any],
+    locks: dict[str, dict[str, Any] | None],
+    hashes: HashCache,
+    cited: dict[str, str] | None,
 ) -> RunAudit:
     """All checks of one record."""
     rel = _rel(path, config.root)
@@ -207,14 +214,32 @@ def audit_record(
     )
     privacy_checks, run.epsilons = check_privacy(record, config.epsilon_tolerance)
     run.checks += privacy_checks
-    run.checks += check_identity(record, path)
+    run.checks += check_identity(record, path, params)
     run.checks += check_params(record, params)
-    run.checks += check_lock(record, rel, stages, params, hashes, config.changed_deps)
+    lock_name, _ = split_stage(expected_stage(params, record["run_id"]))
+    if lock_name == "dvc.lock":
+        lock_name = config.lock  # the main lock may be given as --lock
+    run.checks += check_lock(
+        record, rel, _lock_stages(lock_name, config, locks), params, hashes, config.changed_deps, lock_name
+    )
     run.checks += check_dataset(record, config.path(config.prepared))
     run.checks += check_environment(record)
     run.checks.append(check_record_cited(rel, record_hash(record), cited))
     run.checks += check_sanity(record)
     return run
+
+
+def _lock_stages(
+    name: str, config: AuditConfig, locks: dict[str, dict[str, Any] | None]
+) -> dict[str, Any] | None:
+    """Stages of lock file ``name`` (``dvc.lock``, ``ablations/dvc.lock``), read once per audit; ``None`` if absent."""
+    if name not in locks:
+        path = config.path(name)
+        try:
+            locks[name] = load_lock(path) if path.exists() else None
+        except LockError as exc:
+            raise AuditInputError(str(exc)) from exc
+    return locks[name]
 
 
 def check_canary(path: Path) -> tuple[list[Check], dict[str, Any] | None]:
@@ -275,7 +300,8 @@ def run_audit(config: AuditConfig) -> AuditResult:
     except ValueError:
         loaded = None  # reported as a failure by check_report below
     cited = loaded[0] if loaded else None
-    runs = [audit_record(p, config, params, stages, hashes, cited) for p in paths]
+    locks: dict[str, dict[str, Any] | None] = {config.lock: stages}
+    runs = [audit_record(p, config, params, locks, hashes, cited) for p in paths]
     report_checks = check_report(config.root, manifest_path, {r.path for r in runs})
     if not runs:
         report_checks.insert(

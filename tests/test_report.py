@@ -297,6 +297,9 @@ def test_every_file_is_produced(rendered):
         assert f"(figures/{stem}.png)" in readme
     assert "| SmoothNet W80D50 | CIFAR-10 |" in readme  # the Markdown tables are embedded
     tex = (paper / "tables" / "architectures_eps7.tex").read_text()
+    for name in ("privacy_utility_cifar10", "architectures_eps7", "ablation", "literature_baselines"):
+        latex = (paper / "tables" / f"{name}.tex").read_text()
+        assert latex.isascii(), [c for c in latex if not c.isascii()]  # every symbol mapped to a LaTeX macro
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "$\\pm$" in tex
 
 

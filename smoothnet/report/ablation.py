@@ -194,7 +194,7 @@ def _table(ctx: Context, cells, others, metric, used) -> Table:
         f"{privacy_text(used)}.",
         f"Thesis: {thesis_src}; short study runs (15/30 epochs) are compared with runs of ≤ {SHORT_RUN_EPOCHS} "
         "epochs, the long benchmark runs with longer ones; 'Thesis entry' names the entry compared "
-        "(attributes the thesis does not state are not matched).",
+        "(norm/pool read from the thesis' naming, an unstated activation taken as SmoothNet's SELU).",
     ]
     if missing:
         table.notes.append("— = missing run record(s): " + "; ".join(missing) + ".")

@@ -33,6 +33,12 @@ _LATEX_SPECIAL = {
     "†": r"\textsuperscript{\dag}",
     "‡": r"\textsuperscript{\ddag}",
     "→": r"$\rightarrow$",
+    "≤": r"$\leq$",
+    "≥": r"$\geq$",
+    "−": "$-$",
+    "§": r"\S{}",
+    "·": r"$\cdot$",
+    "′": "'",
 }
 
 

@@ -13,7 +13,7 @@ Poisson sampling, per-sample clipping, Gaussian noise):
 3. Guess "included" for the ``k`` highest scores and "excluded" for the ``k`` lowest (``k`` fixed in
    advance; choosing it after seeing the scores would void the confidence level), abstain otherwise.
 4. If training is (eps, delta)-DP, the number of correct guesses ``W`` out of ``r = 2k`` satisfies
-   (their Theorem 3.1/Proposition 5.2)
+   (their main theorem and its delta > 0 form, as in the p-value code of their paper)
    ``P[W >= v] <= P[Binomial(r, e^eps / (1 + e^eps)) >= v] + 2 m delta * max_{i<=v} P[v > Binom >= v - i] / i``.
    The lower bound is the largest eps whose p-value is still below ``1 - confidence``. The binomial
    tail is exact (``scipy.stats.binom``), so the bound never overstates; with delta = 0 it is the

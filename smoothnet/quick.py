@@ -34,8 +34,12 @@ def make_workspace(workspace: Path, root: Path | None = None, params_file: str =
     for relative in COPIED:
         source, target = root / relative, workspace / relative
         if source.is_dir():
-            shutil.copytree(source, target, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+            shutil.copytree(
+                source,
+                target,
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
+            )
         elif source.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
@@ -81,6 +85,8 @@ def main(args: argparse.Namespace) -> int:
     workspace = make_workspace(Path(args.dir).resolve())
     code = run_quick(workspace, args.targets)
     if code == 0:
-        print(f"\nQuick profile done (NOT results): figures and tables in {workspace / 'paper'}, "
-              f"audit in {workspace / 'audit' / 'audit.md'}, run records in {workspace / 'runs'}")
+        print(
+            f"\nQuick profile done (NOT results): figures and tables in {workspace / 'paper'}, "
+            f"audit in {workspace / 'audit' / 'audit.md'}, run records in {workspace / 'runs'}"
+        )
     return code

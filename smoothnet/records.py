@@ -130,9 +130,11 @@ def record_hash(record: dict[str, Any]) -> str:
     return sha256_bytes(canonical_json(record).encode("utf-8"))
 
 
-def find_records(root: str | os.PathLike) -> list[Path]:
-    """Every ``record.json`` under ``root``, sorted by path."""
-    root = Path(root)
+def find_records(roots: str | os.PathLike | list | tuple) -> list[Path]:
+    """Every ``record.json`` under ``roots`` (one folder or several), sorted by path; missing folders are empty."""
+    if isinstance(roots, (list, tuple)):
+        return sorted({path for root in roots for path in find_records(root)})
+    root = Path(roots)
     if not root.exists():
         return []
     return sorted(root.rglob(RECORD_FILENAME))

@@ -20,7 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--root", default=".", help="repository root; other paths are relative to it (default .)"
     )
-    parser.add_argument("--runs", default="runs", help="folder of run records (default runs)")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=["runs", "ablations/runs"],
+        help="folders of run records (default: runs ablations/runs)",
+    )
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
     parser.add_argument("--lock", default="dvc.lock", help="DVC lock file (default dvc.lock)")
     parser.add_argument(

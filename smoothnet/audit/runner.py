@@ -62,7 +62,7 @@ class AuditConfig:
     """Where the audit reads from (paths relative to ``root`` unless absolute)."""
 
     root: Path = Path(".")
-    runs: str = "runs"
+    runs: str | list[str] | tuple[str, ...] = ("runs", "ablations/runs")
     params: str = "params.yaml"
     lock: str = "dvc.lock"
     report_manifest: str = "paper/report_manifest.json"
@@ -168,12 +168,17 @@ def _rel(path: Path, root: Path) -> str:
         return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
 
 
+def _names(folders: str | list[str] | tuple[str, ...]) -> str:
+    return folders if isinstance(folders, str) else ", ".join(folders)
+
+
 def load_inputs(config: AuditConfig) -> tuple[dict[str, Any], dict[str, Any], list[Path]]:
     """params.yaml, dvc.lock stages and the record paths; a clear error before any checking."""
-    runs_dir = config.path(config.runs)
-    if not runs_dir.is_dir():
+    folders = config.runs if isinstance(config.runs, (list, tuple)) else [config.runs]
+    runs_dirs = [config.path(folder) for folder in folders]
+    if not runs_dirs[0].is_dir():
         raise AuditInputError(
-            f"{runs_dir}: runs folder not found (pass --runs, or --root for the repository)"
+            f"{runs_dirs[0]}: runs folder not found (pass --runs, or --root for the repository)"
         )
     try:
         params = load_params(config.path(config.params))
@@ -183,7 +188,7 @@ def load_inputs(config: AuditConfig) -> tuple[dict[str, Any], dict[str, Any], li
         stages = load_lock(config.path(config.lock))
     except LockError as exc:
         raise AuditInputError(str(exc)) from exc
-    return params, stages, find_records(runs_dir)
+    return params, stages, find_records(runs_dirs)
 
 
 def audit_record(
@@ -306,12 +311,18 @@ def run_audit(config: AuditConfig) -> AuditResult:
     if not runs:
         report_checks.insert(
             0,
-            Check("provenance", "records present", config.runs, FAIL, f"no record.json under {config.runs}"),
+            Check(
+                "provenance",
+                "records present",
+                _names(config.runs),
+                FAIL,
+                f"no record.json under {_names(config.runs)}",
+            ),
         )
     canary_checks, canary = check_canary(config.path(config.canary))
     inputs = {
         "root": str(config.root),
-        "runs": config.runs,
+        "runs": _names(config.runs),
         "params": config.params,
         "lock": config.lock,
         "report_manifest": config.report_manifest,

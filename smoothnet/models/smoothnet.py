@@ -274,7 +274,11 @@ class SmoothNet(nn.Module):
         return self.classifier(x.flatten(1))
 
 
-@register_model("smoothnet", "SmoothNet, default W80D50 (width 8.0, depth 5.0); ablation options")
+@register_model(
+    "smoothnet",
+    "SmoothNet, default W80D50 (width 8.0, depth 5.0); ablation options",
+    image_sizes=(32, 64, 224),
+)
 def smoothnet(
     num_classes: int = 10,
     image_size: int = 32,
@@ -293,7 +297,9 @@ def smoothnet(
     )
 
 
-@register_model("smoothnet_w80d50", "SmoothNet W80D50, the paper's standard network")
+@register_model(
+    "smoothnet_w80d50", "SmoothNet W80D50, the paper's standard network", image_sizes=(32, 64, 224)
+)
 def smoothnet_w80d50(num_classes: int = 10, image_size: int = 32) -> nn.Module:
     """The paper's SmoothNet: width 8.0, depth 5.0, dense, SELU, max-pool, GroupNorm(8)."""
     return SmoothNet(num_classes, width=8.0, depth=5.0)

@@ -11,7 +11,12 @@ HELP = "Render the paper's figures and tables from run records next to the publi
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the report options."""
-    parser.add_argument("--runs", default=None, help="folder searched for record.json files (default: runs)")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=None,
+        help="folders searched for record.json files (default: report.runs in params, else runs)",
+    )
     parser.add_argument("--published", default=None, help="published numbers (default: paper/published.yaml)")
     parser.add_argument("--out", default=None, help="output folder (default: paper): figures/, tables/, ...")
     parser.add_argument(

@@ -20,7 +20,7 @@ MODEL_LABELS = {
     "smoothnet": "SmoothNet",
     "wrn16_4": "WRN-16-4",
     "tramer_boneh_cnn": "Tramer-Boneh CNN",
-    "tempered_sigmoid_cnn": "Tempered-sigmoid CNN",
+    "papernot_tempered_sigmoid_cnn": "Tempered-sigmoid CNN",
     "scatternet_linear": "ScatterNet + linear",
     "scatternet_cnn": "ScatterNet + CNN",
 }

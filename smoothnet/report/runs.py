@@ -52,7 +52,7 @@ class ReportOptions:
     improved_metric: str = "final_test"
     kind: str = "auto"
     architecture_epsilon: float = 7.0
-    runs: str = "runs"
+    runs: str | tuple[str, ...] = ("runs", "ablations/runs")
     out: str = "paper"
     published: str = "paper/published.yaml"
 
@@ -175,7 +175,9 @@ def _kind(profile: str, where: str) -> str:
     )
 
 
-def collect_runs(runs_dir: str | os.PathLike, root: str | os.PathLike = ".", kind: str = "auto") -> RunSet:
+def collect_runs(
+    runs_dir: str | os.PathLike | list | tuple, root: str | os.PathLike = ".", kind: str = "auto"
+) -> RunSet:
     """Load every record under ``runs_dir`` and keep one kind (real or quick/fixture), never both.
 
     ``kind="auto"`` keeps real records when any exist, else the quick/fixture ones. Record paths are

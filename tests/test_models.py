@@ -25,8 +25,10 @@ torch.set_num_threads(1)
 # standardisation = 2,751,562 + one gain per conv output channel).
 PARAMETER_COUNTS = {
     ("smoothnet", 32): 3_391_853,
+    ("smoothnet", 64): 3_391_853,  # ImageNette in the quick profile
     ("smoothnet", 224): 3_391_853,
     ("smoothnet_w80d50", 32): 3_391_853,
+    ("smoothnet_w80d50", 64): 3_391_853,
     ("smoothnet_w80d50", 224): 3_391_853,
     ("resnet9", 32): 2_447_946,
     ("resnet18", 32): 11_173_962,

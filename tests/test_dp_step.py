@@ -37,9 +37,18 @@ def tiny_data(n: int = 64, seed: int = 1) -> TensorDataset:
     return TensorDataset(torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g))
 
 
-def one_dp_step(method: str, *, max_grad_norm: float, noise_multiplier: float, lr: float = 0.5):
+def one_dp_step(
+    method: str,
+    *,
+    max_grad_norm: float,
+    noise_multiplier: float,
+    lr: float = 0.5,
+    channels_last: bool = False,
+):
     """Take one DP step on the first Poisson batch; return (model before, model after, the batch, setup)."""
     model = tiny_net()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     setup = make_private(
@@ -57,7 +66,8 @@ def one_dp_step(method: str, *, max_grad_norm: float, noise_multiplier: float, l
     )
     torch.manual_seed(3)
     x, y = next(iter(setup.loader))
-    setup.backward(setup.model(x), y, 1)
+    inputs = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    setup.backward(setup.model(inputs), y, 1)
     setup.optimizer.step()
     return before, model, (x, y), setup
 
@@ -87,10 +97,26 @@ def test_no_noise_no_clipping_equals_sgd(method):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_every_example_is_clipped_to_c(method):
+OPACUS_CHANNELS_LAST_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="Opacus 1.6.0's per-sample gradients are wrong for a channels-last model (measured here): the "
+    "trainer refuses channels_last with Opacus modes; this strict xfail tells us when Opacus is fixed",
+)
+CLIPPING_CASES = [(m, False) for m in [*METHODS, "fast:materialize", "fast:ghost"]] + [
+    ("fast:auto", True),
+    ("fast:materialize", True),
+    ("fast:ghost", True),
+    pytest.param("hooks", True, marks=OPACUS_CHANNELS_LAST_BUG),
+    pytest.param("ghost", True, marks=OPACUS_CHANNELS_LAST_BUG),
+]
+
+
+@pytest.mark.parametrize(("method", "channels_last"), CLIPPING_CASES)
+def test_every_example_is_clipped_to_c(method, channels_last):
     c = 0.05
-    before, model, (x, y), setup = one_dp_step(method, max_grad_norm=c, noise_multiplier=0.0)
+    before, model, (x, y), setup = one_dp_step(
+        method, max_grad_norm=c, noise_multiplier=0.0, channels_last=channels_last
+    )
     grads = per_example_grads(before, x, y)
     norms = [torch.sqrt(sum((g**2).sum() for g in example)) for example in grads]
     assert min(norms) > c, "the test needs every example above the clipping norm"

@@ -35,9 +35,16 @@ def test_every_run_in_params_is_a_valid_training_config(params_file):
 
 def test_full_params_cover_the_paper():
     runs = load_params(ROOT / "params.yaml")["runs"]
+
     def has(dataset, model, private=True, eps=7.0):
-        return any(r["dataset"] == dataset and r["model"] == model and r.get("private", True) == private
-                   and (not private or float(r.get("target_epsilon", 7.0)) == eps) for r in runs.values())
+        return any(
+            r["dataset"] == dataset
+            and r["model"] == model
+            and r.get("private", True) == private
+            and (not private or float(r.get("target_epsilon", 7.0)) == eps)
+            for r in runs.values()
+        )
+
     for model in ("smoothnet_w80d50", "resnet9", "resnet18", "resnet34", "densenet121", "efficientnet_b0"):
         assert has("cifar10", model) and has("cifar10", model, private=False)
         if model != "resnet9":
@@ -48,8 +55,9 @@ def test_full_params_cover_the_paper():
 
 
 def test_dvc_sees_every_stage():
-    result = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=ROOT, capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     stages = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
     runs = load_params(ROOT / "params.yaml")["runs"]
     assert {f"train@{run_id}" for run_id in runs} <= stages
@@ -71,8 +79,13 @@ def test_quick_profile_runs_the_whole_dag(tmp_path):
         assert record["profile"] == "quick"
         metrics = json.loads((workspace / "runs" / run_id / "dvclive" / "metrics.json").read_text())
         assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
-    shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=workspace,
-                           capture_output=True, text=True, check=True)
+    shown = subprocess.run(
+        [sys.executable, "-m", "dvc", "metrics", "show", "--json"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(shown.stdout)
     manifest = json.loads((workspace / "paper" / "report_manifest.json").read_text())
     assert manifest["profile"] == "quick" and len(manifest["records"]) == len(params["runs"])

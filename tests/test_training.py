@@ -152,6 +152,7 @@ def test_non_finite_loss_stops_with_a_clear_error(prepared, tmp_path):
         ({"epochs": 0}, "epochs"),
         ({"grad_sample_mode": "magic"}, "grad_sample_mode"),
         ({"learning_rate": 0.1}, "unknown training key"),
+        ({"channels_last": True}, "wrong per-sample gradients"),
     ],
 )
 def test_invalid_parameters_fail_before_training(overrides, message):

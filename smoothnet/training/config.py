@@ -53,6 +53,7 @@ class TrainConfig:
     lr_step_size: int = 5
     lr_gamma: float = 0.9
     grad_sample_mode: str = "auto"
+    channels_last: bool | None = None  # None: what the throughput benchmark measured fastest for the model
     augmentation_multiplicity: int = 0  # 0: no augmentation; K >= 1: K random crop+flip views per example
     ema_decay: float | None = None  # exponential moving average of weights, evaluated beside the raw weights
     train_on_validation: bool = False  # train on train+val (the full official training set)
@@ -128,6 +129,12 @@ class TrainConfig:
             fail("lr_schedule", f"must be one of {list(LR_SCHEDULES)}")
         if self.lr_schedule == "step" and (self.lr_step_size < 1 or not (0 < self.lr_gamma <= 1)):
             raise ConfigError(f"{where}: lr_step_size must be >= 1 and lr_gamma in (0, 1]")
+        if self.channels_last and self.grad_sample_mode not in ("auto", "fast"):
+            raise ConfigError(
+                f"{where}: channels_last with grad_sample_mode {self.grad_sample_mode!r}: Opacus 1.6.0 computes "
+                "wrong per-sample gradients for channels-last models (tests/test_dp_step.py); use "
+                "grad_sample_mode: fast, or channels_last: false"
+            )
         if self.augmentation_multiplicity < 0:
             fail("augmentation_multiplicity", "must be >= 0 (0 = no augmentation)")
         if (

@@ -38,7 +38,7 @@ from smoothnet.training.checkpoint import (
 )
 from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.distributed import DistributedContext, init_distributed, rank_device, sampling_seed
-from smoothnet.training.dp import PrivateSetup, make_private
+from smoothnet.training.dp import OPACUS_MODES, PrivateSetup, make_private
 from smoothnet.training.environment import device_name, git_state, library_versions
 
 
@@ -195,6 +195,7 @@ class PreparedRun:
     features_precomputed: bool
     n_train: int
     method: str | None
+    channels_last: bool = False
 
 
 def prepare_run(
@@ -214,7 +215,14 @@ def prepare_run(
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise ConfigError(f"run {config.run_id!r}: model {config.model!r} is not DP-compatible: {errors}")
-    model = model.to(device)
+    channels_last = config.channels_last
+    if channels_last is None:
+        from smoothnet.privacy.method_select import choose_channels_last
+
+        # Only with our clipping module: Opacus' per-sample gradients are wrong for channels-last models.
+        uses_opacus_mode = config.private and resolve_method(config, device) in OPACUS_MODES
+        channels_last = choose_channels_last(config.model, device.type) and not uses_opacus_mode
+    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     mean, std = torch.as_tensor(data.mean, device=device), torch.as_tensor(data.std, device=device)
 
     frontend = getattr(model, "frozen_frontend", None)
@@ -298,6 +306,7 @@ def prepare_run(
         features_precomputed,
         len(train_y),
         method,
+        channels_last,
     )
 
 
@@ -347,7 +356,7 @@ def _model_inputs(config: TrainConfig, run: PreparedRun, x: Tensor, device: torc
     x = normalize(x, run.mean, run.std)
     if config.augmentation_multiplicity:
         x = augmentation_views(x, config.augmentation_multiplicity)
-    return x
+    return x.contiguous(memory_format=torch.channels_last) if run.channels_last else x
 
 
 def _train_one_epoch(
@@ -676,6 +685,7 @@ def build_record(
             "augmentation_multiplicity": config.augmentation_multiplicity,
             "ema_decay": config.ema_decay,
             "train_on_validation": config.train_on_validation,
+            "channels_last": run.channels_last,
         },
         "results": {
             "best_epoch": best.get("epoch"),

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from smoothnet.yamlio import load_yaml
+
 MERGED_KEYS = ("model_options",)
 RUN_GROUPS = ("runs", "ablations")
 
@@ -37,7 +39,7 @@ def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
     if not path.exists():
         raise ParamsError(f"{path}: params file not found (run from the repository root or pass --params)")
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+        params = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(params, dict):

@@ -75,3 +75,15 @@ def test_ruff_lint_clean():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_params_and_lock_read_numbers_as_dvc_does(tmp_path):
+    # PyYAML (YAML 1.1) reads `1e-05` as a string; DVC writes dvc.lock that way and reads it as a float.
+    from smoothnet.audit.dvclock import load_lock
+    from smoothnet.params import load_params
+
+    (tmp_path / "params.yaml").write_text("train: {delta: 1e-05, lr: 2e-3, epochs: 3, name: 1e-5x}\n")
+    train = load_params(tmp_path / "params.yaml")["train"]
+    assert train == {"delta": 1e-05, "lr": 0.002, "epochs": 3, "name": "1e-5x"}
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  s:\n    params:\n      params.yaml:\n        d: 1e-05\n")
+    assert load_lock(tmp_path / "dvc.lock")["s"]["params"]["params.yaml"]["d"] == 1e-05

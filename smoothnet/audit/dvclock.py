@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from smoothnet.yamlio import load_yaml
+
 
 class LockError(ValueError):
     """dvc.lock is missing or malformed."""
@@ -29,7 +31,7 @@ def load_lock(path: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise LockError(f"{path}: dvc.lock not found (run `dvc repro` first, or pass --lock)")
     try:
-        lock = yaml.safe_load(path.read_text(encoding="utf-8"))
+        lock = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise LockError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(lock, dict) or not isinstance(lock.get("stages"), dict):

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from smoothnet.yamlio import load_yaml
+
 METRICS = ("validation", "test", "unknown")
 # Display names of models outside the architecture table (names only; no numbers live here).
 MODEL_LABELS = {
@@ -122,7 +124,7 @@ def load_published(path: str | os.PathLike) -> Published:
             f"{path}: published numbers file not found (pass --published paper/published.yaml)"
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise PublishedError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict):

@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from opacus import PrivacyEngine
 from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.data_loader import DPDataLoader
 from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
 from opacus.optimizers import DistributedDPOptimizerFastGradientClipping, DPOptimizerFastGradientClipping
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+
+from smoothnet.privacy.accounting import noise_for_target
 
 OPACUS_MODES = ("hooks", "functorch", "ew", "ghost")
 
@@ -53,16 +54,10 @@ def calibrate_noise(
 ) -> float:
     """Noise multiplier for (target_epsilon, delta) after ``epochs`` epochs at ``sample_rate``.
 
-    The same call ``PrivacyEngine.make_private_with_epsilon`` makes (Opacus' default tolerance), so both
-    paths calibrate identically; a test checks it.
+    The same call ``PrivacyEngine.make_private_with_epsilon`` makes (Opacus' default tolerance, epochs rather
+    than steps), so both paths calibrate identically; a test checks it.
     """
-    return get_noise_multiplier(
-        target_epsilon=target_epsilon,
-        target_delta=delta,
-        sample_rate=sample_rate,
-        epochs=epochs,
-        accountant=accountant,
-    )
+    return noise_for_target(target_epsilon, delta, sample_rate, epochs=epochs, accountant=accountant)
 
 
 def make_private(

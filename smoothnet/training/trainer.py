@@ -114,6 +114,7 @@ def train(
     context = DistributedContext.from_env()
     device = rank_device(context, device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     init_distributed(context, device)
+    revision, dirty = git_state(paths.repo_root)  # the code the run starts with
     data = load_prepared(paths.data_dir)
     torch.manual_seed(config.seed)  # model initialisation (identical on every rank)
     run = prepare_run(config, data, device, context)
@@ -141,6 +142,7 @@ def train(
         started = time.perf_counter()
         if hasattr(run.train_loader.sampler, "set_epoch"):
             run.train_loader.sampler.set_epoch(state.epoch)
+        epoch_lr = run.optimizer.param_groups[0]["lr"]
         train_loss, train_accuracy, examples = _train_one_epoch(
             config, run, state, device, progress and context.is_main
         )
@@ -148,7 +150,7 @@ def train(
         state.examples_seen += examples * context.world_size
         run.scheduler.step()
         state.epoch += 1
-        metrics = _evaluate_epoch(config, run, state, train_loss, train_accuracy)
+        metrics = _evaluate_epoch(config, run, state, train_loss, train_accuracy, epoch_lr)
         state.history.append(metrics)
         checkpoint_state = _checkpoint_state(config, run, state, context)
         if context.is_main:
@@ -160,6 +162,7 @@ def train(
         if on_epoch_end is not None:
             on_epoch_end(state.epoch)
     record = build_record(config, run, state, data, device, paths, resolved_params, profile)
+    record["environment"].update(git_revision=revision, git_dirty=dirty)
     record["stage"] = stage or record["stage"]
     record["training"]["world_size"] = context.world_size
     if context.is_main:
@@ -478,14 +481,19 @@ def accuracy(module: nn.Module, eval_set: EvalSet, mean: Tensor, std: Tensor, ba
 
 
 def _evaluate_epoch(
-    config: TrainConfig, run: PreparedRun, state: RunState, train_loss: float, train_accuracy: float
+    config: TrainConfig,
+    run: PreparedRun,
+    state: RunState,
+    train_loss: float,
+    train_accuracy: float,
+    epoch_lr: float,
 ) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "epoch": state.epoch,
         "steps": state.steps,
         "train_loss": train_loss,
         "train_accuracy": train_accuracy,
-        "lr": run.optimizer.param_groups[0]["lr"],
+        "lr": epoch_lr,  # the rate this epoch trained with (the scheduler has already stepped)
     }
     for split, eval_set in run.eval_sets.items():
         metrics[f"{split}_accuracy"] = accuracy(run.module, eval_set, run.mean, run.std)

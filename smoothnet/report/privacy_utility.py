@@ -32,13 +32,15 @@ def _improved_series(ctx: Context) -> dict[str, list[Run]]:
 
 
 def _reproduced_runs(ctx: Context) -> tuple[list[Run], str | None]:
-    """Main-study runs of the published model; without any, those of the configurable ``smoothnet``
-    (the quick profile's stand-in, the configuration with the most runs), with its label."""
+    """Main-study runs of the published model; without any, and only for quick/fixture records, those of the
+    configurable ``smoothnet`` (the quick profile's stand-in, the configuration with the most runs)."""
     pub = ctx.published
     runs = select(ctx.runs, study="main", dataset=pub.curve_dataset)
     exact = [r for r in runs if r.model == pub.curve_model]
     if exact:
         return exact, None
+    if any(r.profile in ("paper", "improved") for r in runs):
+        return [], None  # real results: a different network never stands in for the published one
     groups: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         if run.model == "smoothnet":

@@ -89,3 +89,23 @@ def test_torchrun_two_processes_trains_with_dp(tmp_path, mode):
     assert privacy["epsilon"] == pytest.approx(8.0, abs=0.05)
     assert privacy["expected_batch_size"] == pytest.approx(32)  # per rank: int(N q) / world size
     assert record["results"]["final_test_accuracy"] > 0.3  # chance is 0.1
+
+
+def test_unsafe_distributed_setups_are_refused_before_training():
+    from smoothnet.training.config import ConfigError, TrainConfig
+    from smoothnet.training.trainer import _check_private_setup
+
+    base = dict(
+        run_id="r", dataset="cifar10", model="smoothnet", logical_batch_size=64, physical_batch_size=32
+    )
+    two = DistributedContext(world_size=2, rank=0)
+    _check_private_setup(TrainConfig.from_params(base), "fast:auto", False, two, 1000)
+    with pytest.raises(ConfigError, match="per rank"):  # empty Poisson batches would desynchronise ranks
+        _check_private_setup(
+            TrainConfig.from_params(base), "fast:auto", False, DistributedContext(4, 0), 1000
+        )
+    shuffled = TrainConfig.from_params({**base, "poisson_sampling": False, "allow_non_poisson": True})
+    with pytest.raises(ConfigError, match="world_size times"):
+        _check_private_setup(shuffled, "fast:auto", False, two, 1000)
+    with pytest.raises(ConfigError, match="wrong per-sample"):
+        _check_private_setup(TrainConfig.from_params(base), "hooks", True, DistributedContext(), 1000)

@@ -85,5 +85,7 @@ def test_params_and_lock_read_numbers_as_dvc_does(tmp_path):
     (tmp_path / "params.yaml").write_text("train: {delta: 1e-05, lr: 2e-3, epochs: 3, name: 1e-5x}\n")
     train = load_params(tmp_path / "params.yaml")["train"]
     assert train == {"delta": 1e-05, "lr": 0.002, "epochs": 3, "name": "1e-5x"}
-    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  s:\n    params:\n      params.yaml:\n        d: 1e-05\n")
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  s:\n    params:\n      params.yaml:\n        d: 1e-05\n"
+    )
     assert load_lock(tmp_path / "dvc.lock")["s"]["params"]["params.yaml"]["d"] == 1e-05

@@ -81,8 +81,14 @@ class RunState:
 
 
 def config_fingerprint(config: TrainConfig) -> str:
-    """Hash of the run's configuration: a checkpoint only resumes the run that wrote it."""
-    return hashlib.sha256(json.dumps(config.to_params(), sort_keys=True).encode()).hexdigest()
+    """Hash of the run's configuration and of the package's code: a checkpoint only resumes the run, and the
+    code version, that wrote it (a fixed bug must not be resumed past)."""
+    digest = hashlib.sha256(json.dumps(config.to_params(), sort_keys=True).encode())
+    package = Path(__file__).resolve().parents[1]
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
 
 
 def train(
@@ -263,6 +269,7 @@ def prepare_run(
     method = None
     if config.private:
         method = resolve_method(config, device)
+        _check_private_setup(config, method, channels_last, context, len(train_y))
         setup = make_private(
             module,
             optimizer,
@@ -311,6 +318,31 @@ def prepare_run(
         method,
         channels_last,
     )
+
+
+def _check_private_setup(
+    config: TrainConfig, method: str, channels_last: bool, context: DistributedContext, n_train: int
+) -> None:
+    """Refuse DP set-ups whose guarantee or correctness the package cannot vouch for, before training."""
+    where = f"run {config.run_id!r}"
+    if channels_last and method in OPACUS_MODES:
+        raise ConfigError(
+            f"{where}: channels_last with per-sample method {method!r}: Opacus 1.6.0 computes wrong per-sample "
+            "gradients for channels-last models; set channels_last: false or grad_sample_mode: fast"
+        )
+    if context.enabled and not config.poisson_sampling:
+        raise ConfigError(
+            f"{where}: non-Poisson sampling under torchrun would give every rank the whole dataset (each "
+            "example counted world_size times); use poisson_sampling: true"
+        )
+    per_rank = config.logical_batch_size / context.world_size
+    if context.enabled and per_rank < 32:
+        # Opacus' distributed Poisson sampler silently skips a rank's empty batch, which would desynchronise
+        # the ranks' steps; at >= 32 expected examples per rank an empty batch has probability < 1e-13.
+        raise ConfigError(
+            f"{where}: {per_rank:.0f} expected examples per rank per step; use at least 32 per rank "
+            f"(logical_batch_size >= {32 * context.world_size}) or fewer processes"
+        )
 
 
 def resolve_method(config: TrainConfig, device: torch.device) -> str:

@@ -15,21 +15,10 @@ from torch.utils.data import TensorDataset
 
 from smoothnet.privacy.accounting import compute_epsilon
 from smoothnet.training.dp import calibrate_noise, make_private
+from tests.support.nets import tiny_net
 
 FAST_AVAILABLE = importlib.util.find_spec("smoothnet.privacy.fast_clipping") is not None
 METHODS = ["hooks", "ghost"] + (["fast"] if FAST_AVAILABLE else [])
-
-
-def tiny_net(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.GroupNorm(2, 4),
-        nn.SELU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16, 3),
-    )
 
 
 def tiny_data(n: int = 64, seed: int = 1) -> TensorDataset:

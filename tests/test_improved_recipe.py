@@ -8,7 +8,6 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import TensorDataset
 
 from smoothnet.training.batches import augmentation_views, random_crop_flip
@@ -16,18 +15,7 @@ from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.dp import make_private
 from smoothnet.training.trainer import RunPaths, train
 from tests.support.learnable import prepare_learnable
-
-
-def tiny_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.GroupNorm(2, 4),
-        nn.SELU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16, 3),
-    )
+from tests.support.nets import tiny_net
 
 
 def dp_update(x_views, y, k, c):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from smoothnet.models import build_model, list_models
-from smoothnet.privacy.fast_clipping import METHODS, ClippedGradientModule
+from smoothnet.privacy.fast_clipping import CONV_PER_EXAMPLE, METHODS, ClippedGradientModule, parse_method
 from smoothnet.privacy.method_select import choose_method
 from smoothnet.privacy.reference import per_example_gradients
 
@@ -33,8 +33,8 @@ def _reference(model, x, y, c, k=1):
     return norms, {n: torch.tensordot(clip, g, dims=1) for n, g in grads.items()}
 
 
-def _ours(model, x, y, c, method="auto", k=1):
-    wrapped = ClippedGradientModule(model, c, method)
+def _ours(model, x, y, c, method="auto", k=1, conv="auto"):
+    wrapped = ClippedGradientModule(model, c, method, conv_per_example=conv)
     model.zero_grad(set_to_none=True)
     norms = wrapped.clipped_backward(_loss(wrapped(x), y), group_size=k)
     return norms, {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -76,6 +76,19 @@ def test_every_model_matches_per_example_loop(name):
     _assert_close(_ours(model, x, y, c), ref)
 
 
+# Grouped convolutions (EfficientNet's depthwise ones), strides, 1x1 and 7x7 kernels, Conv1d (none here).
+@pytest.mark.parametrize("conv", ["grouped", "unfold"])
+@pytest.mark.parametrize("name", ["smoothnet", "resnet9", "efficientnet_b0", "tramer_boneh_cnn"])
+def test_batched_per_example_convolutions_match_loop(name, conv):
+    model, size = _small(name)
+    torch.manual_seed(1)
+    x, y = torch.randn(3, 3, size, size, dtype=torch.float64), torch.randint(0, 10, (3,))
+    ref = _reference(model, x, y, c=1.0)
+    c = ref[0].median().item()
+    ref = _reference(model, x, y, c=c)
+    _assert_close(_ours(model, x, y, c, "materialize", conv=conv), ref)
+
+
 class _Scale(nn.Module):
     """A layer without a rule: covered by the torch.func fallback."""
 
@@ -113,26 +126,51 @@ def _conv_net(cin=3, width=4, kernel=3, stride=1, groups=1, bias=True, classes=5
     bias=st.booleans(),
     size=st.sampled_from([4, 7]),
     method=st.sampled_from(METHODS),
+    conv=st.sampled_from(CONV_PER_EXAMPLE),
     c=st.floats(0.01, 10.0),
 )
-def test_random_conv_nets_match_loop(batch, k, cin, width, kernel, stride, grouped, bias, size, method, c):
+def test_random_conv_nets_match_loop(
+    batch, k, cin, width, kernel, stride, grouped, bias, size, method, conv, c
+):
     torch.manual_seed(batch * 7 + width)
     model = _conv_net(cin, width, kernel, stride, 2 if grouped else 1, bias).double()
     x, y = torch.randn(batch * k, cin, size, size, dtype=torch.float64), torch.randint(0, 5, (batch * k,))
-    _assert_close(_ours(model, x, y, c, method, k), _reference(model, x, y, c, k))
+    _assert_close(_ours(model, x, y, c, method, k, conv), _reference(model, x, y, c, k))
 
 
+@pytest.mark.parametrize("conv", ["loop", "grouped", "unfold"])
 @pytest.mark.parametrize("method", METHODS)
-def test_each_contribution_is_bounded_by_c(method):
+def test_each_contribution_is_bounded_by_c(method, conv):
     torch.manual_seed(2)
     model, c = _conv_net(), 0.05
     x, y = torch.randn(4, 3, 6, 6), torch.randint(0, 5, (4,))
     for i in range(4):  # one example at a time: p.grad is exactly its clipped contribution
-        norms, grads = _ours(model, x[i : i + 1], y[i : i + 1], c, method)
+        norms, grads = _ours(model, x[i : i + 1], y[i : i + 1], c, method, conv=conv)
         total = torch.cat([g.flatten() for g in grads.values()]).norm().item()
         assert norms.item() > c  # the bound is exercised, not vacuous
         assert total <= c * (1 + 1e-5)
         assert total == pytest.approx(c, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_contribution_bounded_by_c_under_bf16_autocast(method):
+    """Half-precision activations and output gradients: norms and clipped sums must come from the same
+    numbers, or rounding lifts a clipped contribution above C."""
+    torch.manual_seed(2)
+    model, c = _conv_net(width=8), 0.05
+    model[1] = nn.Identity()
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
+    wrapped = ClippedGradientModule(model, c, method)
+    for i in range(4):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = wrapped(x[i : i + 1])
+        assert out.dtype == torch.bfloat16  # autocast really ran the layers in bf16
+        norms = wrapped.clipped_backward(_loss(out.float(), y[i : i + 1]))
+        total = torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
+        assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+        assert norms.item() > c
+        assert total <= c * (1 + 1e-5)
 
 
 def test_infinite_c_gives_plain_summed_gradient():
@@ -246,7 +284,24 @@ def test_bad_input_is_refused_clearly():
 
 
 def test_choose_method_covers_every_model():
+    opacus_modes = ("hooks", "functorch", "ew", "ghost")
     for name in list_models():
-        assert choose_method(name, "cpu") in METHODS
-        assert choose_method(name, "cuda") in METHODS
+        for device in ("cpu", "cuda"):
+            for size in (None, 32, 224):
+                method = choose_method(name, device, size)
+                assert method in opacus_modes or parse_method(method)
+                assert parse_method(choose_method(name, device, size, ours_only=True))
     assert choose_method("not_a_model", "cpu") == "auto"
+    assert choose_method("resnet9", "cuda", 32) == "hooks"  # measured: Opacus' hooks fastest there
+    assert choose_method("resnet9", "cuda", 32, ours_only=True) != "hooks"
+    assert choose_method("smoothnet_w80d50", "cuda", 224) == "auto+grouped"  # per resolution
+
+
+def test_parse_method():
+    assert parse_method("auto") == ("auto", "auto")
+    assert parse_method("materialize+grouped") == ("materialize", "grouped")
+    for bad in ("fastest", "auto+im2col", "materialize+"):
+        with pytest.raises(ValueError, match="<method>"):
+            parse_method(bad)
+    with pytest.raises(ValueError, match="conv_per_example"):
+        ClippedGradientModule(nn.Linear(2, 2), 1.0, conv_per_example="im2col")

@@ -7,9 +7,15 @@ nothing trainable upstream starts the graph), so the single backward computes on
 the layer's input and the gradient of its output; from those each layer gives its per-example
 gradient norms and, once the clip factors are known, its clipped summed gradient:
 
-- ``materialize``: per-example weight gradients (for a convolution: one oneDNN weight-gradient call
-  per example, the same arithmetic as the batched weight gradient), then norms and a weighted sum
-  over the batch. Memory: batch x parameters of the layer.
+- ``materialize``: per-example weight gradients, then norms and a weighted sum over the batch.
+  Memory: batch x parameters of the layer. A convolution's per-example weight gradients come from
+  ``conv_per_example``: ``loop`` (one weight-gradient call per example: on CPU oneDNN runs each at
+  the speed of the batched call) or ``grouped`` (ONE weight-gradient call of a convolution with
+  ``groups * batch`` groups over the batch folded into channels, Rochette et al. 2019: on CUDA a
+  single cuDNN kernel instead of ``batch`` small launches) or ``unfold`` (im2col of the input, then
+  one batched matrix product per layer, as Opacus' hooks do: memory batch x C_in k^2 x positions;
+  grouped convolutions fall back to ``grouped``); ``auto`` picks ``loop`` on CPU and ``grouped``
+  elsewhere.
 - ``ghost``: norms from Gram matrices (cost ~ B T^2 (d + p), T spatial positions; for a Linear layer
   on vectors the norm is ||a|| ||g||), then the clipped sum as ONE batched weight gradient with the
   output gradients scaled by each example's clip factor. Memory: the layer's input and output grad.
@@ -33,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 METHODS = ("auto", "ghost", "materialize")
+CONV_PER_EXAMPLE = ("auto", "loop", "grouped", "unfold")
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.GroupNorm, nn.LayerNorm)
 _EPS = 1e-6  # Opacus' clip factor: C / (norm + 1e-6), at most 1
@@ -56,6 +63,22 @@ class _LayerState:
     grad_samples: dict[str, Tensor] = field(default_factory=dict)  # name -> (examples, *shape), fp32
     ghost: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (input, scaled output grad)
     norm_sq: Tensor | None = None  # ghost layers: per-example squared norm
+
+
+def parse_method(spec: str) -> tuple[str, str]:
+    """``"<method>"`` or ``"<method>+<conv_per_example>"`` (e.g. ``materialize+grouped``) -> the two parts.
+
+    The form the trainer records after ``fast:`` and ``method_select`` stores; raises ``ValueError``
+    naming the valid choices.
+    """
+    method, plus, conv = spec.partition("+")
+    conv = conv if plus else "auto"
+    if method not in METHODS or conv not in CONV_PER_EXAMPLE:
+        raise ValueError(
+            f"per-sample method {spec!r}: expected <method>[+<conv>] with method in {list(METHODS)} and "
+            f"conv in {list(CONV_PER_EXAMPLE)}, e.g. 'materialize+grouped'"
+        )
+    return method, conv
 
 
 def layer_rule(module: nn.Module) -> str:
@@ -85,17 +108,27 @@ class ClippedGradientModule(nn.Module):
         module: the model. Every module owning trainable parameters gets a rule (see module docstring).
         max_grad_norm: clipping bound C (> 0; ``math.inf`` disables clipping).
         method: ``auto`` (mixed, default), ``ghost`` or ``materialize`` (see module docstring).
+        conv_per_example: how convolutions materialise per-example gradients: ``auto`` (default:
+            ``loop`` on CPU, ``grouped`` on other devices), ``loop``, ``grouped`` or ``unfold``. Same
+            numbers either way; the speed differs by device and layer shape (benchmarks/README.md).
     """
 
-    def __init__(self, module: nn.Module, max_grad_norm: float, method: str = "auto") -> None:
+    def __init__(
+        self, module: nn.Module, max_grad_norm: float, method: str = "auto", conv_per_example: str = "auto"
+    ) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+        if conv_per_example not in CONV_PER_EXAMPLE:
+            raise ValueError(
+                f"conv_per_example must be one of {list(CONV_PER_EXAMPLE)}, got {conv_per_example!r}"
+            )
         if not (max_grad_norm > 0):
             raise ValueError(f"max_grad_norm must be > 0 (math.inf disables clipping), got {max_grad_norm!r}")
         self._module = module
         self.max_grad_norm = float(max_grad_norm)
         self.method = method
+        self.conv_per_example = conv_per_example
         self._layers: dict[nn.Module, tuple[str, dict[str, nn.Parameter]]] = {}
         for _, sub in module.named_modules():
             own = {n: p for n, p in sub.named_parameters(recurse=False) if p.requires_grad}
@@ -268,6 +301,20 @@ class ClippedGradientModule(nn.Module):
             layer.norm_sq = _ghost_norm_sq(a, g) + (0 if layer.norm_sq is None else layer.norm_sq)
             layer.ghost.append((x, go))
             return
+        impl = self.conv_per_example
+        if impl == "auto":
+            impl = "loop" if x.device.type == "cpu" else "grouped"
+        if impl == "unfold" and conv.groups == 1:
+            unfold = _unfold(conv, x)  # (rows, fan_in, T)
+            g = go.flatten(2).to(unfold.dtype)  # (rows, C_out, T)
+            grads = torch.bmm(g, unfold.transpose(1, 2))  # (rows, C_out, fan_in)
+            if k > 1:
+                grads = grads.view(rows // k, k, *grads.shape[1:]).sum(1)
+            _add_samples(layer, {"weight": grads.view(rows // k, *conv.weight.shape)})
+            return
+        if impl in ("grouped", "unfold"):
+            _add_samples(layer, {"weight": _conv_weight_grad_per_example(conv, x, go, k)})
+            return
         samples = None
         for i in range(rows // k):
             part = slice(i * k, i * k + k)
@@ -296,10 +343,12 @@ class ClippedGradientModule(nn.Module):
             _add_samples(layer, {"weight": torch.einsum("btp,btd->bpd", g, a)})
 
     def _ghost_sum(self, sub, own, x, go, row_clip: Tensor) -> None:
-        scale = row_clip.view(-1, *([1] * (go.dim() - 1)))
-        go = (_acc(go) * scale).to(go.dtype)
+        # In the accumulation precision, from the same (e.g. bf16-rounded) inputs the norms were taken
+        # of: rounding the scaled gradients back to half precision could lift a contribution above C.
+        go = _acc(go) * row_clip.view(-1, *([1] * (go.dim() - 1)))
+        x = _acc(x)
         if type(sub) is nn.Linear:
-            grad = _acc(go.reshape(-1, go.shape[-1])).t() @ _acc(x.reshape(-1, x.shape[-1]))
+            grad = go.reshape(-1, go.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
         else:
             grad = _conv_weight_grad(sub, x, go)
         _accumulate(own["weight"], grad)
@@ -352,6 +401,28 @@ def _conv_weight_grad(conv, x: Tensor, go: Tensor) -> Tensor:
         go, x.to(go.dtype), conv.weight.to(go.dtype), None, list(conv.stride), _conv_padding(conv),
         list(conv.dilation), False, [0] * len(conv.kernel_size), conv.groups, [False, True, False],
     )[1]  # fmt: skip
+
+
+def _conv_weight_grad_per_example(conv, x: Tensor, go: Tensor, k: int) -> Tensor:
+    """Per-example weight gradients (examples, *weight.shape) of ``conv``, each summed over its k rows.
+
+    The examples are folded into the channels, (rows, C, *S) -> (k, examples * C, *S), and one
+    weight gradient of the same convolution with ``groups * examples`` groups gives every example's
+    gradient at once: group j of the folded convolution sees only example j's channels.
+    """
+    examples = x.shape[0] // k
+
+    def fold(t: Tensor) -> Tensor:
+        t = t.reshape(examples, k, *t.shape[1:]).transpose(0, 1)
+        return t.reshape(k, examples * t.shape[2], *t.shape[3:])
+
+    weight = conv.weight
+    folded_weight = weight.new_zeros((examples * weight.shape[0], *weight.shape[1:]), dtype=go.dtype)
+    grad = torch.ops.aten.convolution_backward(
+        fold(go), fold(x.to(go.dtype)), folded_weight, None, list(conv.stride), _conv_padding(conv),
+        list(conv.dilation), False, [0] * len(conv.kernel_size), conv.groups * examples, [False, True, False],
+    )[1]  # fmt: skip
+    return grad.reshape(examples, *weight.shape)
 
 
 def _unfold(conv, x: Tensor) -> Tensor:

@@ -153,6 +153,7 @@ def test_non_finite_loss_stops_with_a_clear_error(prepared, tmp_path):
         ({"grad_sample_mode": "magic"}, "grad_sample_mode"),
         ({"learning_rate": 0.1}, "unknown training key"),
         ({"channels_last": True}, "wrong per-sample gradients"),
+        ({"autocast_bf16": True}, "autocast_bf16"),
     ],
 )
 def test_invalid_parameters_fail_before_training(overrides, message):
@@ -166,6 +167,32 @@ def test_dataset_dependent_checks_fail_before_training(prepared, tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
         run(prepared, tmp_path, model="resnet1000")
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_auto_method_is_the_measured_fastest_and_ours_where_only_ours_can():
+    from smoothnet.training.trainer import resolve_method
+
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    paper = TrainConfig.from_params({**BASE, "model": "resnet9", "grad_sample_mode": "auto"})
+    assert resolve_method(paper, cuda, 32) == "hooks"  # measured fastest on CUDA for ResNet-9
+    assert resolve_method(paper, cuda, 224) == "hooks"  # no 224 entry: the model's own
+    wide = TrainConfig.from_params({**BASE, "model": "smoothnet_w80d50", "grad_sample_mode": "auto"})
+    assert resolve_method(wide, cuda, 224) == "fast:auto+grouped"
+    for only_ours in ({"augmentation_multiplicity": 2}, {"autocast_bf16": True}):
+        config = TrainConfig.from_params(
+            {**BASE, "model": "resnet9", "grad_sample_mode": "auto", **only_ours}
+        )
+        assert resolve_method(config, cuda, 32).startswith("fast:")
+    assert (
+        resolve_method(TrainConfig.from_params({**BASE, "grad_sample_mode": "fast"}), cuda, 32) == "fast:auto"
+    )
+
+
+def test_bf16_autocast_trains_with_fast_clipping(prepared, tmp_path):
+    record = run(prepared, tmp_path, autocast_bf16=True, grad_sample_mode="fast", epochs=1)
+    assert record["training"]["autocast_bf16"] is True
+    assert record["privacy"]["grad_sample_mode"].startswith("fast")
+    assert 0.0 <= record["results"]["final_test_accuracy"] <= 1.0
 
 
 def test_non_poisson_runs_only_when_allowed_and_are_recorded(prepared, tmp_path):

@@ -54,6 +54,8 @@ class TrainConfig:
     lr_gamma: float = 0.9
     grad_sample_mode: str = "auto"
     channels_last: bool | None = None  # None: what the throughput benchmark measured fastest for the model
+    # bf16 autocast of forward and loss (GPU speed); clipping, noise and update stay in fp32
+    autocast_bf16: bool = False
     augmentation_multiplicity: int = 0  # 0: no augmentation; K >= 1: K random crop+flip views per example
     ema_decay: float | None = None  # exponential moving average of weights, evaluated beside the raw weights
     train_on_validation: bool = False  # train on train+val (the full official training set)
@@ -134,6 +136,11 @@ class TrainConfig:
                 f"{where}: channels_last with grad_sample_mode {self.grad_sample_mode!r}: Opacus 1.6.0 computes "
                 "wrong per-sample gradients for channels-last models (tests/test_dp_step.py); use "
                 "grad_sample_mode: fast, or channels_last: false"
+            )
+        if self.autocast_bf16 and self.grad_sample_mode not in ("auto", "fast"):
+            raise ConfigError(
+                f"{where}: autocast_bf16 with grad_sample_mode {self.grad_sample_mode!r}: only the package's "
+                "clipping module is checked under bf16 autocast; use grad_sample_mode: fast (or auto)"
             )
         if self.augmentation_multiplicity < 0:
             fail("augmentation_multiplicity", "must be >= 0 (0 = no augmentation)")

@@ -4,7 +4,7 @@ Two paths share Opacus' sampler, optimizer and accountant:
 
 - Opacus' own per-sample gradient modes (hooks, functorch, ew, ghost) go through
   ``PrivacyEngine.make_private_with_epsilon`` / ``make_private``, exactly as the paper's code did.
-- ``fast:<layer method>`` wraps the model in :class:`smoothnet.privacy.fast_clipping.ClippedGradientModule`,
+- ``fast:<method>[+<conv>]`` wraps the model in :class:`smoothnet.privacy.fast_clipping.ClippedGradientModule`,
   which leaves the clipped per-sample gradient sum in ``p.grad``; Opacus' ``DPOptimizerFastGradientClipping``
   then adds N(0, (sigma*C)^2) and divides by the expected batch size, as in Opacus' ghost mode.
 
@@ -175,7 +175,7 @@ def _make_private_fast(
     poisson_sampling,
     max_grad_norm,
 ) -> PrivateSetup:
-    from smoothnet.privacy.fast_clipping import ClippedGradientModule
+    from smoothnet.privacy.fast_clipping import ClippedGradientModule, parse_method
 
     dp_loader = DPDataLoader.from_data_loader(loader, distributed=distributed) if poisson_sampling else loader
     sample_rate = 1 / len(dp_loader)
@@ -187,7 +187,10 @@ def _make_private_fast(
         optimizer_class = DistributedDPOptimizerFastGradientClipping
     if target_epsilon is not None:
         noise_multiplier = calibrate_noise(target_epsilon, delta, sample_rate, epochs, accountant)
-    wrapped = ClippedGradientModule(model, max_grad_norm=max_grad_norm, method=layer_method)
+    method, conv_per_example = parse_method(layer_method)
+    wrapped = ClippedGradientModule(
+        model, max_grad_norm=max_grad_norm, method=method, conv_per_example=conv_per_example
+    )
     dp_optimizer = optimizer_class(
         optimizer,
         noise_multiplier=noise_multiplier,

@@ -229,8 +229,11 @@ def prepare_run(
         from smoothnet.privacy.method_select import choose_channels_last
 
         # Only with our clipping module: Opacus' per-sample gradients are wrong for channels-last models.
-        uses_opacus_mode = config.private and resolve_method(config, device) in OPACUS_MODES
-        channels_last = choose_channels_last(config.model, device.type) and not uses_opacus_mode
+        uses_opacus_mode = config.private and resolve_method(config, device, image_size) in OPACUS_MODES
+        channels_last = (
+            choose_channels_last(config.model, device.type, image_size, _needs_our_module(config))
+            and not uses_opacus_mode
+        )
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     mean, std = torch.as_tensor(data.mean, device=device), torch.as_tensor(data.std, device=device)
 
@@ -268,7 +271,7 @@ def prepare_run(
     setup = None
     method = None
     if config.private:
-        method = resolve_method(config, device)
+        method = resolve_method(config, device, image_size)
         _check_private_setup(config, method, channels_last, context, len(train_y))
         setup = make_private(
             module,
@@ -330,6 +333,11 @@ def _check_private_setup(
             f"{where}: channels_last with per-sample method {method!r}: Opacus 1.6.0 computes wrong per-sample "
             "gradients for channels-last models; set channels_last: false or grad_sample_mode: fast"
         )
+    if config.autocast_bf16 and method in OPACUS_MODES:
+        raise ConfigError(
+            f"{where}: autocast_bf16 with per-sample method {method!r}: only the package's clipping module is "
+            "checked under bf16 autocast; set grad_sample_mode: fast or autocast_bf16: false"
+        )
     if context.enabled and not config.poisson_sampling:
         raise ConfigError(
             f"{where}: non-Poisson sampling under torchrun would give every rank the whole dataset (each "
@@ -345,20 +353,25 @@ def _check_private_setup(
         )
 
 
-def resolve_method(config: TrainConfig, device: torch.device) -> str:
-    """The per-sample gradient method: the configured one, or for ``auto`` the fastest measured one.
+def _needs_our_module(config: TrainConfig) -> bool:
+    """Only the package's clipping module clips the mean of an example's K views and is checked under
+    bf16 autocast."""
+    return config.augmentation_multiplicity > 1 or config.autocast_bf16
 
-    Returns an Opacus mode (hooks, functorch, ew, ghost) or ``fast:<layer method>`` for the package's
+
+def resolve_method(config: TrainConfig, device: torch.device, image_size: int | None = None) -> str:
+    """The per-sample gradient method: the configured one, or for ``auto`` the fastest measured one for the
+    model, device type and image size (smoothnet.privacy.method_select).
+
+    Returns an Opacus mode (hooks, functorch, ew, ghost) or ``fast:<method>[+<conv>]`` for the package's
     book-keeping plug-in (smoothnet.privacy.fast_clipping).
     """
     from smoothnet.privacy.method_select import choose_method
 
     mode = config.grad_sample_mode
     if mode == "auto":
-        mode = choose_method(config.model, device.type)
-        if config.augmentation_multiplicity > 1 and mode in ("hooks", "functorch", "ew", "ghost"):
-            mode = "auto"  # only the fast plug-in clips the mean of an example's K views
-        if mode in ("hooks", "functorch", "ew", "ghost"):
+        mode = choose_method(config.model, device.type, image_size, _needs_our_module(config))
+        if mode in OPACUS_MODES:
             return mode
         return f"fast:{mode}"
     return "fast:auto" if mode == "fast" else mode
@@ -416,14 +429,15 @@ def _train_one_epoch(
                 continue
             inputs = _model_inputs(config, run, x, device)
             targets = y.to(device).repeat_interleave(k) if k > 1 else y.to(device)
-            if run.setup is not None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.autocast_bf16):
                 logits = run.train_forward(inputs)
+            logits = logits.float()  # loss, clipping, noise and the update in fp32
+            if run.setup is not None:
                 loss = run.setup.backward(logits, targets, k)
                 run.optimizer.step()
                 took_step = not run.optimizer._is_last_step_skipped
                 run.optimizer.zero_grad(set_to_none=True)
             else:
-                logits = run.train_forward(inputs)
                 loss = F.cross_entropy(logits, targets)
                 (loss * len(y) / batches.logical_size).backward()
                 took_step = batches.last_chunk
@@ -726,6 +740,7 @@ def build_record(
             "ema_decay": config.ema_decay,
             "train_on_validation": config.train_on_validation,
             "channels_last": run.channels_last,
+            "autocast_bf16": config.autocast_bf16,
         },
         "results": {
             "best_epoch": best.get("epoch"),

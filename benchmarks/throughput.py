@@ -9,8 +9,10 @@ step; the table gives the median images/s, the peak memory of one step above the
 before it (CUDA: max_memory_allocated; CPU: peak RSS via /proc/self/clear_refs, Linux only), and
 the ratios to the fastest non-private step. Methods: ``nonprivate``, Opacus ``hooks``,
 ``functorch``, ``ew``, ``ghost`` (GradSampleModule modes with DPOptimizer /
-DPOptimizerFastGradientClipping) and ours (``ours_auto``, ``ours_ghost``, ``ours_materialize``:
-smoothnet.privacy.fast_clipping); ``_cl`` = channels-last. A method that fails is reported, not hidden.
+DPOptimizerFastGradientClipping) and ours (``ours_<method>[+<conv>]``, e.g. ``ours_auto``,
+``ours_materialize+grouped``: smoothnet.privacy.fast_clipping, ``parse_method``); ``_cl`` =
+channels-last. ``--amp bf16`` runs forward and loss under bf16 autocast (clipping, noise and update
+stay fp32). A method that fails is reported, not hidden.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smoothnet.io import atomic_write_text  # noqa: E402
 from smoothnet.models import build_model  # noqa: E402
-from smoothnet.privacy.fast_clipping import ClippedGradientModule  # noqa: E402
+from smoothnet.privacy.fast_clipping import ClippedGradientModule, parse_method  # noqa: E402
 
 PAPER_MODELS = ["smoothnet_w80d50", "resnet9", "resnet18", "resnet34", "densenet121", "efficientnet_b0"]
-METHODS = ["nonprivate", "hooks", "functorch", "ew", "ghost", "ours_auto", "ours_ghost", "ours_materialize"]
+METHODS = ["nonprivate", "hooks", "functorch", "ew", "ghost", "ours_auto", "ours_ghost", "ours_materialize",
+           "ours_auto+grouped", "ours_materialize+grouped"]  # fmt: skip
 CLIP, SIGMA = 1.0, 1.0
 
 
@@ -43,29 +46,37 @@ def _sgd(params):
     return torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=2e-4)
 
 
-def make_step(model: nn.Module, method: str, batch: int):
-    """A closure running one full training step of ``method`` on (x, y)."""
+def make_step(model: nn.Module, method: str, batch: int, amp: str | None = None):
+    """A closure running one full training step of ``method`` on (x, y); ``amp="bf16"``: autocast forward."""
     from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 
-    criterion = nn.CrossEntropyLoss(reduction="none")
+    loss_fn = nn.CrossEntropyLoss(reduction="none")
+
+    def criterion(forward, x, y):
+        device_type = x.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+            logits = forward(x)
+        return loss_fn(logits.float(), y)
+
     if method == "nonprivate":
         opt = _sgd(model.parameters())
 
         def step(x, y):
             opt.zero_grad(set_to_none=True)
-            criterion(model(x), y).mean().backward()
+            criterion(model, x, y).mean().backward()
             opt.step()
 
         return step
     if method.startswith("ours_"):
-        wrapped = ClippedGradientModule(model, CLIP, method.removeprefix("ours_"))
+        layer_method, conv = parse_method(method.removeprefix("ours_"))
+        wrapped = ClippedGradientModule(model, CLIP, layer_method, conv_per_example=conv)
         opt = DPOptimizerFastGradientClipping(
             _sgd(model.parameters()), noise_multiplier=SIGMA, max_grad_norm=CLIP, expected_batch_size=batch
         )
 
         def step(x, y):
             opt.zero_grad(set_to_none=True)
-            wrapped.clipped_backward(criterion(wrapped(x), y))
+            wrapped.clipped_backward(criterion(wrapped, x, y))
             opt.step()
 
         return step
@@ -81,7 +92,9 @@ def make_step(model: nn.Module, method: str, batch: int):
 
         def step(x, y):
             opt.zero_grad(set_to_none=True)
-            dp_loss(gsm(x), y).backward()
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+                logits = gsm(x)
+            dp_loss(logits.float(), y).backward()
             opt.step()
 
         return step
@@ -95,7 +108,7 @@ def make_step(model: nn.Module, method: str, batch: int):
 
     def step(x, y):
         opt.zero_grad(set_to_none=True)
-        criterion(gsm(x), y).mean().backward()
+        criterion(gsm, x, y).mean().backward()
         opt.step()
 
     return step
@@ -137,9 +150,15 @@ def measure(name: str, method: str, args, device: torch.device) -> dict:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    row = {"model": name, "method": method, "batch": args.batch, "image_size": args.image_size}
+    row = {
+        "model": name,
+        "method": method,
+        "batch": args.batch,
+        "image_size": args.image_size,
+        "amp": args.amp,
+    }
     try:
-        step = make_step(model, base, args.batch)
+        step = make_step(model, base, args.batch, args.amp)
         row["peak_memory_mib"] = peak_memory_mib(step, x, y, device)  # doubles as the warm-up step
         times = []
         for _ in range(args.repeats):
@@ -164,6 +183,8 @@ def measure_in_subprocess(name: str, method: str, args) -> dict:
                "--image-size", str(args.image_size), "--repeats", str(args.repeats), "--device", args.device]  # fmt: skip
     if args.threads:
         command += ["--threads", str(args.threads)]
+    if args.amp:
+        command += ["--amp", args.amp]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:160]
@@ -172,6 +193,7 @@ def measure_in_subprocess(name: str, method: str, args) -> dict:
             "method": method,
             "batch": args.batch,
             "image_size": args.image_size,
+            "amp": args.amp,
             "error": tail,
         }
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -209,7 +231,7 @@ def markdown(rows: list[dict]) -> str:
             lines.append(f"| {r['model']} | {r['method']} | failed: {r['error']} | | | | |")
             continue
         lines.append(
-            f"| {r['model']} | {r['method']} | {fmt(r['images_per_s'], '.2f')} | {fmt(r.get('time_vs_nonprivate'), '.2f')}x"
+            f"| {r['model']} | {r['method']}{' (bf16)' if r.get('amp') else ''} | {fmt(r['images_per_s'], '.2f')} | {fmt(r.get('time_vs_nonprivate'), '.2f')}x"
             f" | {fmt(r.get('peak_memory_mib'), '.0f')} | {fmt(r.get('memory_vs_nonprivate'), '.2f')}x"
             f" | {fmt(r.get('speed_vs_hooks'), '.2f')}x |"
         )
@@ -259,6 +281,14 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--amp", choices=["bf16"], default=None, help="bf16 autocast of forward and loss")
+    parser.add_argument(
+        "--in-process",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure every configuration in this process (default on CUDA, where peak memory is "
+        "per step anyway; on CPU each runs in a fresh process for a clean peak RSS)",
+    )
     parser.add_argument(
         "--scatter-epoch", action="store_true", help="time one ScatterNet+linear epoch instead"
     )
@@ -290,18 +320,30 @@ def main(argv=None) -> int:
     else:
         methods = args.methods or [m for base in METHODS for m in (base, base + "_cl")]
         rows = []
+        in_process = args.in_process if args.in_process is not None else device.type == "cuda"
         for name in args.models:
             for method in methods:
-                row = measure_in_subprocess(name, method, args)
+                row = (
+                    measure(name, method, args, device)
+                    if in_process
+                    else measure_in_subprocess(name, method, args)
+                )
+                if in_process and device.type == "cuda":
+                    torch.cuda.empty_cache()
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-        add_ratios(rows)
+                add_ratios(rows)
+                _write(args.out, machine, rows)  # after every row: an interrupted sweep keeps its results
         print(markdown(rows))
-    if args.out:
-        atomic_write_text(
-            args.out, json.dumps({"machine": machine, "rows": rows}, indent=2, sort_keys=True) + "\n"
-        )
+    _write(args.out, machine, rows)
     return 0
+
+
+def _write(path: Path | None, machine: dict, rows: list[dict]) -> None:
+    if path:
+        atomic_write_text(
+            path, json.dumps({"machine": machine, "rows": rows}, indent=2, sort_keys=True) + "\n"
+        )
 
 
 if __name__ == "__main__":

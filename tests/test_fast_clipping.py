@@ -66,27 +66,20 @@ def _small(name):
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_every_model_matches_per_example_loop(name):
+def test_every_model_and_method_matches_per_example_loop(name):
+    """Every registered model, every method x per-example convolution rule (the trainer may pick any)."""
     model, size = _small(name)
     torch.manual_seed(1)
     x, y = torch.randn(3, 3, size, size, dtype=torch.float64), torch.randint(0, 10, (3,))
     ref = _reference(model, x, y, c=1.0)
     c = ref[0].median().item()  # some examples clipped, some not
     ref = _reference(model, x, y, c=c)
-    _assert_close(_ours(model, x, y, c), ref)
-
-
-# Grouped convolutions (EfficientNet's depthwise ones), strides, 1x1 and 7x7 kernels, Conv1d (none here).
-@pytest.mark.parametrize("conv", ["grouped", "unfold"])
-@pytest.mark.parametrize("name", ["smoothnet", "resnet9", "efficientnet_b0", "tramer_boneh_cnn"])
-def test_batched_per_example_convolutions_match_loop(name, conv):
-    model, size = _small(name)
-    torch.manual_seed(1)
-    x, y = torch.randn(3, 3, size, size, dtype=torch.float64), torch.randint(0, 10, (3,))
-    ref = _reference(model, x, y, c=1.0)
-    c = ref[0].median().item()
-    ref = _reference(model, x, y, c=c)
-    _assert_close(_ours(model, x, y, c, "materialize", conv=conv), ref)
+    for method in METHODS:
+        for conv in ("loop", "grouped", "unfold"):
+            try:
+                _assert_close(_ours(model, x, y, c, method, conv=conv), ref)
+            except AssertionError as error:
+                raise AssertionError(f"{name} with {method}+{conv}: {error}") from error
 
 
 class _Scale(nn.Module):

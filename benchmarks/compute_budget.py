@@ -6,7 +6,7 @@ computes: epochs x training images x augmentation views. With ``--throughput`` (
 model to estimate the time. Prints a Markdown table.
 
     python benchmarks/compute_budget.py
-    python benchmarks/compute_budget.py --throughput benchmarks/results/gpu_*.json
+    python benchmarks/compute_budget.py --throughput benchmarks/results/gpu_{smoothnet_b128,cifar10,imagenette,unfold_cifar10,unfold_imagenette}.json
     python benchmarks/compute_budget.py --rate smoothnet_w80d50=17.54 smoothnet_w80d50:nonprivate=22.35
 """
 
@@ -64,15 +64,18 @@ def rate_key(model: str, dataset: str, private: bool) -> str:
     return model + ("" if dataset == "cifar10" else f"@{dataset}") + ("" if private else ":nonprivate")
 
 
-def trainer_method(model: str, device_type: str, image_size: int) -> str:
-    """The benchmark method name of what the trainer's ``grad_sample_mode: auto`` picks."""
+def trainer_method(model: str, device_type: str, image_size: int, ours_only: bool = False) -> str:
+    """The benchmark method name of what the trainer's ``grad_sample_mode: auto`` picks (``ours_only``: for
+    runs only the package's module can do, e.g. under bf16 autocast)."""
     from smoothnet.privacy.method_select import OPACUS_MODES as opacus
     from smoothnet.privacy.method_select import choose_channels_last, choose_method
 
-    method = choose_method(model, device_type, image_size)
+    method = choose_method(model, device_type, image_size, ours_only)
     if method in opacus:
         return method
-    return f"ours_{method}" + ("_cl" if choose_channels_last(model, device_type, image_size) else "")
+    return f"ours_{method}" + (
+        "_cl" if choose_channels_last(model, device_type, image_size, ours_only) else ""
+    )
 
 
 def load_rates(
@@ -101,7 +104,10 @@ def load_rates(
             if row["method"].startswith("nonprivate"):
                 key = rate_key(row["model"], dataset, private=False)
             elif method == "trainer":
-                if row["method"] != trainer_method(row["model"], device_type, int(row.get("image_size", 32))):
+                picked = trainer_method(
+                    row["model"], device_type, int(row.get("image_size", 32)), amp is not None
+                )
+                if row["method"] != picked:
                     continue
                 key = rate_key(row["model"], dataset, private=True)
             elif (method == "best" and trainable_dp_method(row["method"])) or row["method"] == method:

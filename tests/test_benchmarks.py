@@ -23,6 +23,7 @@ def _load(name: str):
 
 throughput = _load("throughput")
 compute_budget = _load("compute_budget")
+cuda_correctness = _load("cuda_correctness")
 
 
 @pytest.mark.parametrize(
@@ -68,3 +69,12 @@ def test_compute_budget_counts_views_and_training_sets():
     assert compute_budget.benchmark_model({"model": "smoothnet", "model_options": {}}) == "smoothnet_w80d50"
     small = {"model": "smoothnet", "model_options": {"width": 1.0, "depth": 1.0}}
     assert compute_budget.benchmark_model(small) == "smoothnet"
+
+
+def test_the_gpu_correctness_check_runs_and_passes_on_cpu(tmp_path):
+    """The script a GPU session runs (benchmarks/cuda_correctness.py), exercised here on the CPU."""
+    out = tmp_path / "check.json"
+    assert cuda_correctness.main(["--device", "cpu", "--models", "tramer_boneh_cnn", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["method"] for r in rows} >= {"materialize+unfold", "auto+unfold bf16 channels-last"}
+    assert all(r["ok"] for r in rows)

@@ -145,15 +145,22 @@ def test_each_contribution_is_bounded_by_c(method, conv):
         assert total == pytest.approx(c, rel=1e-4)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("conv", ["loop", "grouped", "unfold"])
 @pytest.mark.parametrize("method", METHODS)
-def test_contribution_bounded_by_c_under_bf16_autocast(method):
+def test_contribution_bounded_by_c_under_bf16_autocast(method, conv, channels_last):
     """Half-precision activations and output gradients: norms and clipped sums must come from the same
     numbers, or rounding lifts a clipped contribution above C."""
     torch.manual_seed(2)
-    model, c = _conv_net(width=8), 0.05
+    model, c = _conv_net(width=8, groups=2), 0.05
     model[1] = nn.Identity()
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
-    wrapped = ClippedGradientModule(model, c, method)
+    if channels_last:
+        model, x = (
+            model.to(memory_format=torch.channels_last),
+            x.contiguous(memory_format=torch.channels_last),
+        )
+    wrapped = ClippedGradientModule(model, c, method, conv_per_example=conv)
     for i in range(4):
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -164,6 +171,47 @@ def test_contribution_bounded_by_c_under_bf16_autocast(method):
         assert all(p.grad.dtype == torch.float32 for p in model.parameters())
         assert norms.item() > c
         assert total <= c * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
+def test_conv1d_conv3d_padding_modes_and_dilation_match_loop(dims, padding_mode):
+    conv = nn.Conv1d if dims == 1 else nn.Conv3d
+    torch.manual_seed(dims)
+    model = nn.Sequential(
+        conv(2, 4, 3, padding=2, dilation=2, padding_mode=padding_mode),
+        nn.GroupNorm(2, 4),
+        nn.Tanh(),
+        conv(4, 4, 3, stride=2, padding=1, groups=2, padding_mode=padding_mode),
+        nn.Flatten(),
+        nn.LazyLinear(3),
+    ).double()
+    shape = (6,) * dims
+    x, y = torch.randn(4, 2, *shape, dtype=torch.float64), torch.randint(0, 3, (4,))
+    model(x)  # materialise the lazy layer
+    c = _reference(model, x, y, 1.0)[0].median().item()
+    ref = _reference(model, x, y, c, k=2)
+    for method in METHODS:
+        for rule in ("loop", "grouped", "unfold"):
+            try:
+                _assert_close(_ours(model, x, y, c, method, k=2, conv=rule), ref)
+            except AssertionError as error:
+                raise AssertionError(f"{method}+{rule}: {error}") from error
+
+
+def test_ghost_computations_run_without_tf32():
+    """cuDNN allows TF32 by default: a ghost norm and its clipped sum must both run in full fp32."""
+    from smoothnet.privacy.fast_clipping import _exact_fp32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with pytest.raises(RuntimeError), _exact_fp32():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+            raise RuntimeError
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # restored
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def test_infinite_c_gives_plain_summed_gradient():
@@ -288,6 +336,19 @@ def test_choose_method_covers_every_model():
     assert choose_method("resnet9", "cuda", 32) == "hooks"  # measured: Opacus' hooks fastest there
     assert choose_method("resnet9", "cuda", 32, ours_only=True) != "hooks"
     assert choose_method("smoothnet_w80d50", "cuda", 224) == "auto+grouped"  # per resolution
+
+
+def test_ours_only_falls_back_to_the_plain_models_entry(monkeypatch):
+    from smoothnet.privacy import method_select
+
+    table = {
+        "fastest": {"m@224": ("hooks", False), "m": ("hooks", False)},
+        "fastest_ours": {"m": ("ghost", True)},
+    }
+    monkeypatch.setitem(method_select.MEASURED, "tpu", table)
+    assert choose_method("m", "tpu", 224) == "hooks"
+    assert choose_method("m", "tpu", 224, ours_only=True) == "ghost"
+    assert choose_method("other", "tpu", 224, ours_only=True) == "auto"
 
 
 def test_parse_method():

@@ -32,6 +32,8 @@ clip factor as Opacus, ``min(1, C / (||g_i|| + 1e-6))``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -343,6 +345,10 @@ class ClippedGradientModule(nn.Module):
             _add_samples(layer, {"weight": torch.einsum("btp,btd->bpd", g, a)})
 
     def _ghost_sum(self, sub, own, x, go, row_clip: Tensor) -> None:
+        with _exact_fp32():
+            self._ghost_sum_exact(sub, own, x, go, row_clip)
+
+    def _ghost_sum_exact(self, sub, own, x, go, row_clip: Tensor) -> None:
         # In the accumulation precision, from the same (e.g. bf16-rounded) inputs the norms were taken
         # of: rounding the scaled gradients back to half precision could lift a contribution above C.
         go = _acc(go) * row_clip.view(-1, *([1] * (go.dim() - 1)))
@@ -382,7 +388,24 @@ def _add_samples(layer: _LayerState, samples: dict[str, Tensor]) -> None:
 
 def _ghost_norm_sq(a: Tensor, g: Tensor) -> Tensor:
     """Per-example ||g a^T||_F^2 from Gram matrices; a: (B, d, T), g: (B, p, T)."""
-    return (torch.bmm(a.transpose(1, 2), a) * torch.bmm(g.transpose(1, 2), g)).sum((1, 2))
+    with _exact_fp32():
+        return (torch.bmm(a.transpose(1, 2), a) * torch.bmm(g.transpose(1, 2), g)).sum((1, 2))
+
+
+@contextmanager
+def _exact_fp32() -> Iterator[None]:
+    """fp32 matrix products and convolutions without TF32 (cuDNN allows TF32 by default).
+
+    A ghost layer's norm and its clipped sum are two different computations; rounding one to TF32's 10-bit
+    mantissa (~1e-3) could lift a clipped contribution above C. Materialised per-example gradients need no
+    such care: the norm and the sum are taken of the same tensor.
+    """
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
 
 def _conv_input(conv, x: Tensor) -> Tensor:
@@ -430,9 +453,8 @@ def _unfold(conv, x: Tensor) -> Tensor:
     if isinstance(conv, nn.Conv2d):
         return F.unfold(x, conv.kernel_size, conv.dilation, _conv_padding(conv), conv.stride)
     if isinstance(conv, nn.Conv1d):
-        x4 = x.unsqueeze(2)
-        k, d, p, s = ((1, v[0]) for v in (conv.kernel_size, conv.dilation, _conv_padding(conv), conv.stride))
-        return F.unfold(x4, k, d, p, s)
+        (k,), (d,), (p,), (s,) = conv.kernel_size, conv.dilation, _conv_padding(conv), conv.stride
+        return F.unfold(x.unsqueeze(2), (1, k), (1, d), (0, p), (1, s))  # a 1 x L image
     # Conv3d: pad, then unfold each spatial dimension
     pads = [v for p in reversed(_conv_padding(conv)) for v in (p, p)]
     xp = F.pad(x, pads)

@@ -76,7 +76,8 @@ def _entry(model_name: str, device_type: str, image_size: int | None, ours_only:
         if key in table.get("fastest", {}):
             entry = table["fastest"][key]
             if ours_only and entry[0] in OPACUS_MODES:
-                return table.get("fastest_ours", {}).get(key, DEFAULT)
+                ours = table.get("fastest_ours", {})
+                return next((ours[k] for k in keys[keys.index(key) :] if k in ours), DEFAULT)
             return entry
     return DEFAULT
 

@@ -14,7 +14,7 @@ from typing import Any
 ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("auto", "fast", "hooks", "functorch", "ew", "ghost")
 OPTIMIZERS = ("sgd",)
-LR_SCHEDULES = ("step", "constant")
+LR_SCHEDULES = ("step", "constant", "cosine_epoch", "cosine_opacus", "cosine_step")  # smoothnet.training.schedules
 
 
 class ConfigError(ValueError):
@@ -52,6 +52,7 @@ class TrainConfig:
     lr_schedule: str = "step"
     lr_step_size: int = 5
     lr_gamma: float = 0.9
+    lr_warmup_epochs: int = 0  # linear warm-up over the first epochs (per step for per-step schedules)
     grad_sample_mode: str = "auto"
     channels_last: bool | None = None  # None: what the throughput benchmark measured fastest for the model
     # bf16 autocast of forward and loss (GPU speed); clipping, noise and update stay in fp32
@@ -131,6 +132,8 @@ class TrainConfig:
             fail("lr_schedule", f"must be one of {list(LR_SCHEDULES)}")
         if self.lr_schedule == "step" and (self.lr_step_size < 1 or not (0 < self.lr_gamma <= 1)):
             raise ConfigError(f"{where}: lr_step_size must be >= 1 and lr_gamma in (0, 1]")
+        if not (0 <= self.lr_warmup_epochs < self.epochs):
+            fail("lr_warmup_epochs", f"must be in [0, epochs={self.epochs}) (0 = no warm-up)")
         if self.channels_last and self.grad_sample_mode not in ("auto", "fast"):
             raise ConfigError(
                 f"{where}: channels_last with grad_sample_mode {self.grad_sample_mode!r}: Opacus 1.6.0 computes "

@@ -40,6 +40,7 @@ from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.distributed import DistributedContext, init_distributed, rank_device, sampling_seed
 from smoothnet.training.dp import OPACUS_MODES, PrivateSetup, make_private
 from smoothnet.training.environment import device_name, git_state, library_versions
+from smoothnet.training.schedules import Schedule
 
 
 class TrainingDiverged(RuntimeError):
@@ -154,7 +155,7 @@ def train(
         )
         state.train_seconds += time.perf_counter() - started
         state.examples_seen += examples * context.world_size
-        run.scheduler.step()
+        run.scheduler.after_epoch()
         state.epoch += 1
         metrics = _evaluate_epoch(config, run, state, train_loss, train_accuracy, epoch_lr)
         state.history.append(metrics)
@@ -196,7 +197,7 @@ class PreparedRun:
     ema: AveragedModel | None
     setup: PrivateSetup | None
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: Schedule
     train_loader: DataLoader
     eval_sets: dict[str, EvalSet]
     mean: Tensor
@@ -298,12 +299,7 @@ def prepare_run(
     else:
         train_loader = DataLoader(train_dataset, batch_size=config.logical_batch_size, shuffle=True)
         train_forward = module
-    if config.lr_schedule == "step":
-        scheduler = torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=config.lr_step_size, gamma=config.lr_gamma
-        )
-    else:
-        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    scheduler = Schedule(config, optimizer, steps_per_epoch=len(train_loader))
     return PreparedRun(
         module,
         train_forward,
@@ -426,6 +422,7 @@ def _train_one_epoch(
             if len(y) == 0:
                 _noise_only_step(run)  # an empty Poisson batch still releases a noisy update
                 state.steps += 1
+                run.scheduler.after_step()
                 continue
             inputs = _model_inputs(config, run, x, device)
             targets = y.to(device).repeat_interleave(k) if k > 1 else y.to(device)
@@ -451,6 +448,7 @@ def _train_one_epoch(
                 )
             if took_step:
                 state.steps += 1
+                run.scheduler.after_step()
                 if run.ema is not None:
                     run.ema.update_parameters(run.module)
             total_loss += loss.item() * len(y)
@@ -736,6 +734,7 @@ def build_record(
             "momentum": config.momentum,
             "weight_decay": config.weight_decay,
             "lr_schedule": config.lr_schedule,
+            "lr_schedule_detail": run.scheduler.describe(),
             "augmentation_multiplicity": config.augmentation_multiplicity,
             "ema_decay": config.ema_decay,
             "train_on_validation": config.train_on_validation,

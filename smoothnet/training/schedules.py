@@ -10,11 +10,14 @@ noise and accounting never read it.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-# (name, unit): what the schedule counts; see rate_factor for the formulas.
+if TYPE_CHECKING:
+    from smoothnet.training.config import TrainConfig
+
+# lr_schedule -> the unit its counter advances by (see rate_factor for the formulas).
 SCHEDULE_UNITS = {
     "step": "epoch",
     "constant": "epoch",
@@ -60,7 +63,7 @@ class Schedule:
     """The run's learning-rate schedule on ``optimizer``; the trainer calls :meth:`after_step` after every
     optimizer step and :meth:`after_epoch` after every epoch, and only the schedule's own unit advances it."""
 
-    def __init__(self, config: Any, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> None:
+    def __init__(self, config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> None:
         self.name = config.lr_schedule
         self.unit = SCHEDULE_UNITS[self.name]
         self.warmup = config.lr_warmup_epochs * (steps_per_epoch if self.unit == "step" else 1)

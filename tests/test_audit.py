@@ -502,6 +502,12 @@ def test_canary_result_is_included(repo):
             "claimed_epsilon": 1.99,
             "correct": 141,
             "guesses": 200,
+            "noise_variance_test": {
+                "rejected": False,
+                "variance_ratio": 1.04,
+                "p_value": 0.75,
+                "level": 1e-4,
+            },
         },
         "no_noise": {
             "noise_multiplier": 0.0,
@@ -513,12 +519,18 @@ def test_canary_result_is_included(repo):
     }
     atomic_write_json(repo / "audit/canary.json", canary)
     result = audit(repo)
-    assert result.passed and [c.status for c in result.canary_checks] == [PASS, PASS]
+    assert result.passed and [c.status for c in result.canary_checks] == [PASS, PASS, PASS]
     weak = copy.deepcopy(canary)
     weak["no_noise"]["epsilon_lower_bound"] = 1.5
     violated = copy.deepcopy(canary)
     violated["dp"]["epsilon_lower_bound"] = 2.5
-    for bad, field in ((weak, "no_noise.epsilon_lower_bound"), (violated, "dp.epsilon_lower_bound")):
+    under_noised = copy.deepcopy(canary)
+    under_noised["dp"]["noise_variance_test"].update(rejected=True, variance_ratio=0.26, p_value=3.8e-66)
+    for bad, field in (
+        (weak, "no_noise.epsilon_lower_bound"),
+        (violated, "dp.epsilon_lower_bound"),
+        (under_noised, "dp.noise_variance_test"),
+    ):
         atomic_write_json(repo / "audit/canary.json", bad)
         assert failing(audit(repo)) == {("canary", field)}
     assert FAIL == "fail"

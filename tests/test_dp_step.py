@@ -333,3 +333,44 @@ def test_seeded_runs_reproduce_and_secure_runs_differ(prepared, tmp_path):
     assert rec_c["privacy"]["noise_source"] == "os_entropy"
     assert (c - d).abs().max() > 0 and (c - a).abs().max() > 0
     assert "secure" not in str(rec_c["privacy"]) or rec_c["params"]["secure_noise"] is True  # no seed stored
+
+
+def test_dp_run_releases_no_raw_training_statistics(prepared, tmp_path):
+    """Train loss/accuracy are raw means over private examples: not in a DP record nor in its DVCLive logs."""
+    torch.set_num_threads(1)
+    record, _ = _one_step_run(prepared, tmp_path, "stats-s0")
+    history = record["results"]["history"]
+    assert history and all("val_accuracy" in h and "test_accuracy" in h for h in history)
+    assert not [k for h in history for k in h if k.startswith("train")]
+    logged = [
+        p.relative_to(tmp_path).as_posix() for p in (tmp_path / "stats-s0" / "run").rglob("*") if p.is_file()
+    ]
+    assert logged and not [p for p in logged if "train" in p], logged
+    assert "train" not in (tmp_path / "stats-s0" / "run" / "dvclive" / "metrics.json").read_text()
+
+
+def test_private_streams_are_distinct_reproducible_and_off_the_global_generator():
+    from smoothnet.training.batches import augmentation_views
+    from smoothnet.training.dp import random_streams
+
+    def draws(streams):
+        return [torch.rand(4, generator=getattr(streams, n)) for n in ("sampling", "noise", "augmentation")]
+
+    a = draws(random_streams(0, "run-a", secure=False))
+    assert all(
+        torch.equal(x, y) for x, y in zip(a, draws(random_streams(0, "run-a", secure=False)), strict=True)
+    )
+    for other in (random_streams(0, "run-b", secure=False), random_streams(0, "run-a", secure=False, rank=1)):
+        assert not any(torch.equal(x, y) for x, y in zip(a, draws(other), strict=True))
+    assert len({tuple(x.tolist()) for x in a}) == 3  # the three streams differ from each other
+    secure = [draws(random_streams(0, "run-a", secure=True)) for _ in range(2)]
+    assert random_streams(0, "run-a", secure=True).source == "os_entropy"
+    assert not torch.equal(secure[0][1], secure[1][1])
+    x = torch.randn(8, 3, 8, 8)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    views = [
+        augmentation_views(x, 2, generator=random_streams(0, "r", secure=False).augmentation) for _ in "ab"
+    ]
+    assert torch.equal(torch.get_rng_state(), before)  # the global generator is untouched
+    assert torch.equal(views[0], views[1])

@@ -122,8 +122,13 @@ def test_every_example_is_clipped_to_c(method, channels_last):
     assert total <= c * len(y) + 1e-6  # the summed update is a sum of vectors of norm <= C
 
 
-def _noise_step(method: str, sigma: float, c: float):
-    """One DP step whose clipped sum is zero: the update of every tensor is pure noise (scaled by 1/B)."""
+def _noise_step(method: str, sigma: float, c: float, secure: bool | None = None, run_id: str = "noise-test"):
+    """One DP step whose clipped sum is zero: the update of every tensor is pure noise (scaled by 1/B).
+
+    ``secure``: None draws from the global generator; False/True from the run's seeded/OS-entropy streams.
+    """
+    from smoothnet.training.dp import random_streams
+
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(144, 64), nn.Linear(64, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
@@ -139,6 +144,7 @@ def _noise_step(method: str, sigma: float, c: float):
         delta=1e-5,
         target_epsilon=None,
         noise_multiplier=sigma,
+        streams=None if secure is None else random_streams(0, run_id, secure=secure),
     )
     torch.manual_seed(5)
     x, y = next(iter(setup.loader))
@@ -163,14 +169,31 @@ def _assert_noise_per_tensor(noise: dict, expected_std: float) -> None:
         assert low <= statistic <= high, f"{name} ({n} entries): sum of squares / std^2 = {statistic:.1f}"
 
 
+@pytest.mark.parametrize("secure", [None, False, True], ids=["global", "seeded", "os_entropy"])
 @pytest.mark.parametrize("method", METHODS)
-def test_noise_std_is_sigma_times_c(method):
-    noise, expected_std = _noise_step(method, sigma=1.3, c=0.7)
+def test_noise_std_is_sigma_times_c(method, secure):
+    noise, expected_std = _noise_step(method, sigma=1.3, c=0.7, secure=secure)
     pooled = torch.cat(list(noise.values()))
     assert pooled.numel() > 9000  # enough draws that a 4 % error in the pooled std is a 5-sigma event
     assert abs(pooled.mean().item()) < 4 * expected_std / math.sqrt(pooled.numel())
     assert pooled.std().item() == pytest.approx(expected_std, rel=0.04)
     _assert_noise_per_tensor(noise, expected_std)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_path_draws_noise_from_the_runs_stream(method):
+    """Opacus' optimizer (hooks, ghost) and our module's path (fast) take the noise from the run's stream:
+    the same (seed, run id) gives the same noise, another run id other noise, whatever the global seed."""
+
+    def flat(noise):
+        return torch.cat(list(noise[0].values()))
+
+    a = flat(_noise_step(method, 1.3, 0.7, secure=False, run_id="a"))
+    assert torch.equal(a, flat(_noise_step(method, 1.3, 0.7, secure=False, run_id="a")))
+    assert not torch.equal(a, flat(_noise_step(method, 1.3, 0.7, secure=False, run_id="b")))
+    assert not torch.equal(a, flat(_noise_step(method, 1.3, 0.7, secure=None)))
+    secure = [flat(_noise_step(method, 1.3, 0.7, secure=True)) for _ in range(2)]
+    assert not torch.equal(*secure)
 
 
 @pytest.mark.parametrize("method", METHODS)

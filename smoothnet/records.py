@@ -71,6 +71,15 @@ REQUIRED_FIELDS: dict[str, tuple[type | None, ...]] = {
 }
 
 
+# Written by the trainer for DP runs and checked by the audit (smoothnet.audit.privacy_checks), not required
+# here so that records of older code still load (the audit fails them instead): the sampler's steps per
+# epoch, where the noise came from ("seeded": reproducible, not for release; "os_entropy": releasable).
+AUDITED_PRIVACY_FIELDS: dict[str, tuple[type | None, ...]] = {
+    "privacy.steps_per_epoch": (int,),
+    "privacy.noise_source": (str, None),
+}
+
+
 class RecordError(ValueError):
     """A run record is missing fields, has wrong types, or cannot be read."""
 

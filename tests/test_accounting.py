@@ -161,3 +161,77 @@ def test_edge_cases_and_bad_input():
         compute_epsilon(1.0, 0.01, 3, DELTA, "rdp", history=[(1.0, 0.01, 3)])
     with pytest.raises(AccountingError, match="exactly one of steps or epochs"):
         noise_for_target(3.0, DELTA, 0.01, accountant="rdp")
+
+
+# ----------------------------------------------------------------------------- the audit's privacy checks
+
+
+def _dp_record(n_train=50_000, batch=128, epochs=2, delta=DELTA, noise_source="os_entropy", history=None):
+    """A DP record as the trainer writes it: q the sampler's 1/ceil(N/B), int(1/q) steps an epoch."""
+    q = 1 / math.ceil(n_train / batch)
+    per_epoch = int(1 / q)
+    steps = epochs * per_epoch
+    sigma = noise_for_target(3.0, delta, q, epochs=epochs, accountant="rdp")
+    by = {name: compute_epsilon(sigma, q, steps, delta, name) for name in ("rdp", "prv")}
+    return {
+        "params": {},
+        "dataset": {"n_train": n_train},
+        "training": {"epochs": epochs, "logical_batch_size": batch},
+        "results": {"history": history if history is not None else [{"epoch": 1, "val_accuracy": 0.5}]},
+        "privacy": {
+            "private": True,
+            "target_epsilon": 3.0,
+            "delta": delta,
+            "noise_multiplier": sigma,
+            "sample_rate": q,
+            "steps": steps,
+            "planned_steps": steps,
+            "steps_per_epoch": per_epoch,
+            "sampling": "poisson",
+            "accountant": "rdp",
+            "epsilon": by["rdp"],
+            "epsilon_by_accountant": by,
+            "accountant_history": [[sigma, q, steps]],
+            "noise_source": noise_source,
+        },
+    }
+
+
+def _statuses(record):
+    from smoothnet.audit.privacy_checks import check_privacy
+
+    checks, _ = check_privacy(record)
+    return {c.field: c.status for c in checks if c.status != "pass"}, checks
+
+
+def test_audit_accepts_the_rate_the_sampler_used_at_50000_by_128():
+    """Opacus samples at 1/391 and yields 390 batches an epoch: a valid record of that must pass."""
+    record = _dp_record()
+    assert record["privacy"]["sample_rate"] == 1 / 391 and record["privacy"]["steps_per_epoch"] == 390
+    problems, _ = _statuses(record)
+    assert problems == {}
+    wrong = _dp_record()
+    wrong["privacy"]["steps_per_epoch"] = 391
+    assert _statuses(wrong)[0] == {"privacy.steps_per_epoch": "fail", "privacy.planned_steps": "fail"}
+
+
+def test_audit_fails_delta_of_one_over_n():
+    problems, checks = _statuses(_dp_record(n_train=1_000, batch=10, delta=1e-3))
+    assert problems["privacy.delta"] == "fail"
+    assert "delta < 1/n" in next(c.message for c in checks if c.field == "privacy.delta")
+
+
+def test_audit_notes_seeded_runs_and_fails_records_without_a_noise_source():
+    problems, checks = _statuses(_dp_record(noise_source="seeded"))
+    assert problems == {"privacy.noise_source": "warn"}
+    assert "reproducible, not for release" in next(
+        c.message for c in checks if c.field == "privacy.noise_source"
+    )
+    record = _dp_record()
+    del record["privacy"]["noise_source"]
+    assert _statuses(record)[0] == {"privacy.noise_source": "fail"}
+
+
+def test_audit_fails_raw_training_statistics_in_a_dp_history():
+    history = [{"epoch": 1, "train_loss": 1.2, "train_accuracy": 0.6, "val_accuracy": 0.5}]
+    assert _statuses(_dp_record(history=history))[0] == {"results.history": "fail"}

@@ -71,8 +71,8 @@ def build_record(params: dict[str, Any], run_id: str, fingerprint: dict[str, str
     """A complete, honest record of ``run_id`` as the trainer would write it."""
     p = resolve_run(params, run_id)
     history = [
-        {"epoch": 1, "train_loss": 1.9, "val_accuracy": 0.41, "test_accuracy": 0.40},
-        {"epoch": 2, "train_loss": 1.7, "val_accuracy": 0.47, "test_accuracy": 0.46},
+        {"epoch": 1, "val_accuracy": 0.41, "test_accuracy": 0.40},
+        {"epoch": 2, "val_accuracy": 0.47, "test_accuracy": 0.46},
     ]
     private = p["private"]
     privacy: dict[str, Any] = {
@@ -102,6 +102,7 @@ def build_record(params: dict[str, Any], run_id: str, fingerprint: dict[str, str
             epsilon=by[p["accountant"]],
             epsilon_by_accountant=by,
             accountant_history=history_segments,
+            noise_source="os_entropy",
         )
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -501,6 +502,12 @@ def test_canary_result_is_included(repo):
             "claimed_epsilon": 1.99,
             "correct": 141,
             "guesses": 200,
+            "noise_variance_test": {
+                "rejected": False,
+                "variance_ratio": 1.04,
+                "p_value": 0.75,
+                "level": 1e-4,
+            },
         },
         "no_noise": {
             "noise_multiplier": 0.0,
@@ -512,12 +519,18 @@ def test_canary_result_is_included(repo):
     }
     atomic_write_json(repo / "audit/canary.json", canary)
     result = audit(repo)
-    assert result.passed and [c.status for c in result.canary_checks] == [PASS, PASS]
+    assert result.passed and [c.status for c in result.canary_checks] == [PASS, PASS, PASS]
     weak = copy.deepcopy(canary)
     weak["no_noise"]["epsilon_lower_bound"] = 1.5
     violated = copy.deepcopy(canary)
     violated["dp"]["epsilon_lower_bound"] = 2.5
-    for bad, field in ((weak, "no_noise.epsilon_lower_bound"), (violated, "dp.epsilon_lower_bound")):
+    under_noised = copy.deepcopy(canary)
+    under_noised["dp"]["noise_variance_test"].update(rejected=True, variance_ratio=0.26, p_value=3.8e-66)
+    for bad, field in (
+        (weak, "no_noise.epsilon_lower_bound"),
+        (violated, "dp.epsilon_lower_bound"),
+        (under_noised, "dp.noise_variance_test"),
+    ):
         atomic_write_json(repo / "audit/canary.json", bad)
         assert failing(audit(repo)) == {("canary", field)}
     assert FAIL == "fail"

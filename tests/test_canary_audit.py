@@ -97,3 +97,30 @@ def test_dp_run_stays_below_claim_and_no_noise_run_exceeds_it(tmp_path, capsys):
 
     checks, included = check_canary(out)
     assert included is not None and all(c.status == "pass" for c in checks)
+
+
+@pytest.mark.parametrize("method", ["fast", "hooks"])
+def test_under_noised_run_fails_and_correct_run_passes(method):
+    """Through the package's make_private (our clipping module, and Opacus' hooks): half the claimed noise
+    (true epsilon ~3x the claim) is caught by the noise-variance test; the correct run passes."""
+    from smoothnet.audit.canary import run_canary_audit
+
+    correct = run_canary_audit(CanaryConfig(method=method))
+    assert correct["passed"] is True
+    assert correct["dp"]["method"] == ("fast:auto" if method == "fast" else "hooks")
+    assert correct["dp"]["noise_variance_test"]["variance_ratio"] == pytest.approx(1.0, abs=0.25)
+    halved = run_canary_audit(CanaryConfig(method=method, noise_scale=0.5))
+    assert halved["passed"] is False
+    assert halved["dp"]["noise_variance_test"]["rejected"] is True
+    assert halved["dp"]["noise_variance_test"]["variance_ratio"] == pytest.approx(0.25, abs=0.08)
+
+
+def test_schedule_comes_from_public_values_only():
+    """q, steps and sigma must not depend on which canaries were drawn (the secret bits)."""
+    from smoothnet.audit.canary import audit_run
+
+    runs = [audit_run(CanaryConfig(seed=seed, num_canaries=200, guesses_per_side=20)) for seed in (0, 1)]
+    assert runs[0]["canaries_included"] != runs[1]["canaries_included"]
+    for key in ("sample_rate", "steps", "n_train", "noise_multiplier"):
+        assert runs[0][key] == runs[1][key], key
+    assert runs[0]["n_train"] == 1000 + 200

@@ -359,3 +359,74 @@ def test_parse_method():
             parse_method(bad)
     with pytest.raises(ValueError, match="conv_per_example"):
         ClippedGradientModule(nn.Linear(2, 2), 1.0, conv_per_example="im2col")
+
+
+def _alternating(shape):
+    """+1/-1 in a checkerboard over the trailing (position) dimensions: sums to 0 over an even count."""
+    index = sum(torch.arange(n).view(*[1] * i, n, *[1] * (len(shape) - i - 1)) for i, n in enumerate(shape))
+    return 1.0 - 2.0 * (index % 2).float()
+
+
+ADVERSARIAL_LAYERS = [
+    ("linear", lambda: nn.Linear(32, 16, bias=False), (256, 32), (256, 16)),
+    ("conv", lambda: nn.Conv2d(4, 8, 3, padding=1, bias=False), (4, 16, 16), (8, 16, 16)),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "layer", "in_shape", "out_shape"), ADVERSARIAL_LAYERS, ids=["linear", "conv"]
+)
+def test_ghost_norm_survives_cancellation(kind, layer, in_shape, out_shape):
+    """A near-constant input with an alternating output gradient: the Gram terms are ~1e11 and cancel to
+    ~1e-1. Fp32 Gram matrices gave negative squared norms (NaN) and under-estimates (a contribution above C);
+    the ghost norm must match the float64 per-example gradient and the contribution must stay <= C."""
+    torch.manual_seed(0)
+    module = layer()
+    sign = _alternating(out_shape[1:]).view(1, *out_shape[1:]) if kind == "conv" else None
+    if kind == "linear":
+        sign = _alternating((out_shape[0],)).view(1, -1, 1)
+    for i in range(3):
+        x = 100.0 + 1e-3 * torch.randn(1, *in_shape)
+        exact = module.double()
+        xd = x.double().requires_grad_(False)
+        exact.zero_grad(set_to_none=True)
+        (exact(xd) * sign.double()).sum().backward()
+        true_norm = exact.weight.grad.norm().item()
+        module.float()
+        c = true_norm / 2  # the example must be clipped to exactly C
+        wrapped = ClippedGradientModule(module, c, method="ghost")
+        module.zero_grad(set_to_none=True)
+        norms = wrapped.clipped_backward((wrapped(x) * sign).flatten(1).sum(1))
+        assert wrapped.layer_methods() == {"<root>": kind}
+        assert math.isfinite(norms.item()) and norms.item() == pytest.approx(true_norm, rel=1e-3), i
+        contribution = module.weight.grad.double().norm().item()
+        assert contribution <= c * (1 + 1e-5), (i, contribution / c)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_non_finite_norm_gives_clip_factor_zero(method):
+    """An example whose gradient is not finite contributes nothing (the others are clipped as usual)."""
+    torch.manual_seed(1)
+    model, c = _conv_net(), 0.05
+    x, y = torch.randn(3, 3, 6, 6), torch.randint(0, 5, (3,))
+    _, alone = _ours(model, x[1:], y[1:], c, method)
+    x[0, 0, 0, 0] = math.nan
+    norms, grads = _ours(model, x, y, c, method)
+    assert not math.isfinite(norms[0].item())
+    for name, g in grads.items():
+        assert torch.isfinite(g).all(), name
+        torch.testing.assert_close(g, alone[name], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_frozen_conv_weight_with_trainable_bias(method):
+    """Only trainable parameters count in the norm (as for Linear): a frozen conv weight is neither
+    clipped against nor given a gradient, and the ghost path does not look it up."""
+    torch.manual_seed(3)
+    model, c = _conv_net(), 0.05
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.weight.requires_grad_(False)
+    x, y = torch.randn(4, 3, 6, 6), torch.randint(0, 5, (4,))
+    for conv in ("loop", "grouped", "unfold"):
+        _assert_close(_ours(model, x, y, c, method, conv=conv), _reference(model, x, y, c))

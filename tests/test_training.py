@@ -203,7 +203,8 @@ def test_bf16_autocast_trains_with_fast_clipping(prepared, tmp_path, monkeypatch
     assert record["training"]["autocast_bf16"] is True
     assert record["privacy"]["grad_sample_mode"] == "fast:auto"
     assert seen and set(seen) == {torch.float32}  # loss (and clipping) in fp32 after a bf16 forward
-    assert all(h["train_loss"] == h["train_loss"] for h in record["results"]["history"])  # finite, not NaN
+    assert all(h["val_accuracy"] > 0.1 for h in record["results"]["history"])  # learns: no NaN forward
+    assert all("train_loss" not in h for h in record["results"]["history"])  # a DP run records no raw stats
 
 
 def test_method_choice_sees_the_datasets_resolution(prepared, tmp_path, monkeypatch):

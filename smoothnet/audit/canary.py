@@ -1,7 +1,9 @@
 """Empirical privacy audit with one training run (Steinke, Nasr & Jagielski 2023, arXiv 2305.08846).
 
-The experiment, on a small multinomial logistic regression trained with Opacus DP-SGD (PrivacyEngine,
-Poisson sampling, per-sample clipping, Gaussian noise):
+The experiment, on a small multinomial logistic regression (no bias) trained through the package's own
+``smoothnet.training.dp.make_private`` (by default its clipping module with Opacus' optimizer, Poisson
+sampler and accountant). q, the steps and sigma come from public values only: the training set has one
+slot per real example and per canary, an excluded canary's slot holding a null example (zero gradient).
 
 1. ``m`` canaries, each included in the training set independently with probability 1/2 (``S_i``).
    Canary ``i`` is the input ``scale * e_{d + i}`` (a feature no real example and no other canary uses)
@@ -19,8 +21,13 @@ Poisson sampling, per-sample clipping, Gaussian noise):
    tail is exact (``scipy.stats.binom``), so the bound never overstates; with delta = 0 it is the
    one-sided Clopper-Pearson bound on the guessing accuracy mapped through ``log(p / (1 - p))``.
 
+5. Noise-variance test: an excluded canary's column moves by noise alone, so under the claimed sigma its
+   score is exactly N(0, T (lr sigma C / B)^2 (K - 1) / K); a one-sided chi-square test on the excluded
+   scores rejects under-noising (the membership bound alone cannot see 0.5x noise at this size).
+
 A correct DP run must give a bound below the claimed epsilon (up to the 5 % chance the 95 % bound
-allows); the same run with the noise switched off must give a bound above it.
+allows) and pass the variance test (false alarm 1e-4); the same run with the noise switched off must
+give a bound above the claim, and a run with half the claimed noise must fail.
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ class CanaryConfig:
     confidence: float = 0.95
     seed: int = 0
     noise: bool = True  # False trains the same run with sigma = 0 (the broken run the audit must catch)
+    noise_scale: float = 1.0  # < 1 trains with that fraction of the claimed sigma (an under-noising bug)
+    method: str = "fast"  # per-sample method of the package's make_private
+    variance_level: float = 1e-4  # false-alarm rate of the noise-variance test on a correct run
 
     def validate(self) -> None:
         """Raise :class:`CanaryAuditError` naming the bad setting, before any training."""
@@ -82,6 +92,10 @@ class CanaryConfig:
         for name in ("lr", "max_grad_norm", "canary_scale"):
             if not getattr(self, name) > 0:
                 raise CanaryAuditError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not (self.noise_scale > 0 and 0 < self.variance_level < 1):
+            raise CanaryAuditError(
+                f"need noise_scale > 0 and variance_level in (0, 1), got {self.noise_scale}, {self.variance_level}"
+            )
         if self.accountant not in ("rdp", "prv"):
             raise CanaryAuditError(f"accountant must be 'rdp' or 'prv', got {self.accountant!r}")
 
@@ -157,88 +171,136 @@ def _make_data(config: CanaryConfig, rng: np.random.Generator) -> dict[str, np.n
     }
 
 
-def train_with_canaries(config: CanaryConfig) -> dict[str, Any]:
-    """Train once with Opacus on real data + included canaries; return scores and the run's facts."""
-    import torch
-    from opacus import PrivacyEngine
+def _public_schedule(config: CanaryConfig) -> tuple[int, float, int, float]:
+    """(slots, q, planned steps, sigma) from public values only: never from which canaries were drawn.
 
-    from smoothnet.privacy.accounting import compute_epsilon, noise_for_target
+    The training set has ``num_real + num_canaries`` slots; an excluded canary's slot holds a null example
+    (zero input to a bias-free layer: zero gradient, the same update as the example being absent), so the
+    batch count and hence q, T and sigma cannot depend on the secret inclusion bits.
+    """
+    slots = config.num_real + config.num_canaries
+    batches = math.ceil(slots / config.batch_size)
+    sample_rate = 1.0 / batches
+    steps = config.epochs * int(1 / sample_rate)  # what Opacus' Poisson loader yields
+    sigma = noise_for_target_epochs(config, sample_rate)
+    return slots, sample_rate, steps, sigma
+
+
+def noise_for_target_epochs(config: CanaryConfig, sample_rate: float) -> float:
+    """The sigma the package's make_private calibrates for the claim (planned epochs at ``sample_rate``)."""
+    from smoothnet.training.dp import calibrate_noise
+
+    return calibrate_noise(config.target_epsilon, config.delta, sample_rate, config.epochs, config.accountant)
+
+
+def train_with_canaries(config: CanaryConfig) -> dict[str, Any]:
+    """Train once through the package's ``make_private`` (its clipping module, Opacus' optimizer and
+    accountant) on real data + included canaries; return scores and the run's facts."""
+    import torch
+
+    from smoothnet.privacy.accounting import compute_epsilon
+    from smoothnet.training.dp import make_private, random_streams
 
     config.validate()
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     data = _make_data(config, rng)
-    x = np.concatenate([data["real_x"], data["canary_x"][data["included"]]])
-    y = np.concatenate([data["real_y"], data["canary_y"][data["included"]]])
-    n_train = len(x)
-    batches = math.ceil(n_train / config.batch_size)
-    sample_rate = 1.0 / batches
-    steps = config.epochs * batches
-    sigma = noise_for_target(
-        config.target_epsilon, config.delta, sample_rate, steps=steps, accountant=config.accountant
-    )
-    noise_multiplier = sigma if config.noise else 0.0
+    canary_x = np.where(data["included"][:, None], data["canary_x"], 0.0)  # null examples when excluded
+    x = np.concatenate([data["real_x"], canary_x])
+    y = np.concatenate([data["real_y"], data["canary_y"]])
+    slots, sample_rate, planned, sigma = _public_schedule(config)
+    noise_multiplier = sigma * config.noise_scale if config.noise else 0.0
 
     dataset = torch.utils.data.TensorDataset(
         torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
     )
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=config.batch_size, generator=torch.Generator().manual_seed(config.seed)
-    )
-    model = torch.nn.Linear(x.shape[1], config.num_classes)
+    model = torch.nn.Linear(x.shape[1], config.num_classes, bias=False)
     initial = model.weight.detach().clone()
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Secure RNG turned off")  # seeded on purpose: reproducible
-        engine = PrivacyEngine(accountant=config.accountant)
-        model, optimizer, dp_loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=config.max_grad_norm,
-            poisson_sampling=True,
-            noise_generator=torch.Generator().manual_seed(config.seed + 1),
+    setup = make_private(
+        model,
+        torch.optim.SGD(model.parameters(), lr=config.lr),
+        dataset,
+        method=config.method,
+        logical_batch_size=config.batch_size,
+        max_grad_norm=config.max_grad_norm,
+        epochs=config.epochs,
+        accountant=config.accountant,
+        delta=config.delta,
+        target_epsilon=None,
+        noise_multiplier=noise_multiplier,
+        streams=random_streams(config.seed, "canary-audit", secure=False),
+    )
+    if setup.sample_rate != sample_rate or setup.steps_per_epoch * config.epochs != planned:
+        raise CanaryAuditError(
+            f"make_private sampled at q = {setup.sample_rate} for {setup.steps_per_epoch} steps an epoch; the "
+            f"public schedule says q = {sample_rate}, {planned // config.epochs} steps"
         )
-    assert math.isclose(optimizer.expected_batch_size, int(n_train * sample_rate))
-    loss_fn = torch.nn.CrossEntropyLoss()
     started = time.perf_counter()
     taken = 0
     with warnings.catch_warnings():
-        # inputs never require grad here; Opacus' hooks still see every parameter gradient
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         for _ in range(config.epochs):
-            for xb, yb in dp_loader:
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn(model(xb), yb).backward()
-                optimizer.step()
+            for xb, yb in setup.loader:
+                if len(yb):
+                    setup.backward(setup.model(xb), yb, 1)
+                else:  # an empty Poisson batch still takes its noisy step
+                    model.weight.grad = torch.zeros_like(model.weight)
+                setup.optimizer.step()
+                setup.optimizer.zero_grad(set_to_none=True)
                 taken += 1
     seconds = time.perf_counter() - started
 
-    weight = model._module.weight.detach() if hasattr(model, "_module") else model.weight.detach()
-    moved = (weight - initial).numpy()[:, config.num_features :]  # (classes, m): canary columns
+    moved = (model.weight.detach() - initial).double().numpy()[:, config.num_features :]  # (classes, m)
     direction = np.eye(config.num_classes)[data["canary_y"]] - 1.0 / config.num_classes  # (m, classes)
     scores = np.einsum("mc,cm->m", direction, moved)
     with torch.no_grad():
         real = torch.tensor(data["real_x"], dtype=torch.float32)
         accuracy = float((model(real).argmax(1).numpy() == data["real_y"]).mean())
-    claimed = (
-        compute_epsilon(noise_multiplier, sample_rate, taken, config.delta, config.accountant)
-        if config.noise
-        else config.target_epsilon
+    # Under the claimed sigma an excluded canary's column moves by noise alone: each of its entries by
+    # N(0, T (lr sigma C / B)^2), so its score is N(0, that * (K - 1) / K).
+    claimed_score_variance = (
+        taken
+        * (config.lr * sigma * config.max_grad_norm / setup.expected_batch_size) ** 2
+        * (config.num_classes - 1)
+        / config.num_classes
     )
+    claimed = compute_epsilon(sigma, sample_rate, taken, config.delta, config.accountant)
     return {
         "scores": scores,
         "included": data["included"],
-        "n_train": n_train,
+        "n_train": slots,
         "sample_rate": sample_rate,
         "steps": taken,
-        "planned_steps": steps,
+        "planned_steps": planned,
         "noise_multiplier": noise_multiplier,
         "calibrated_noise_multiplier": sigma,
         "claimed_epsilon": float(claimed),
+        "claimed_score_variance": claimed_score_variance,
+        "method": setup.method,
         "train_accuracy_real": accuracy,
         "train_seconds": seconds,
+    }
+
+
+def noise_variance_test(scores: np.ndarray, claimed_variance: float, level: float) -> dict[str, Any]:
+    """One-sided chi-square test that the excluded canaries' scores have at least the claimed variance.
+
+    Under the claimed noise, sum(s^2) / v ~ chi-square(n) exactly; under-noising by a factor f scales the
+    statistic by f^2 (0.5x noise: by 1/4, rejected at any sensible level with a few hundred canaries).
+    """
+    from scipy import stats
+
+    n = len(scores)
+    statistic = float(np.sum(scores**2) / claimed_variance)
+    p_low = float(stats.chi2.cdf(statistic, n))
+    return {
+        "excluded_canaries": n,
+        "claimed_variance": claimed_variance,
+        "observed_variance": float(np.mean(scores**2)),
+        "variance_ratio": statistic / n,
+        "p_value": p_low,
+        "level": level,
+        "rejected": bool(p_low < level),
     }
 
 
@@ -249,7 +311,12 @@ def audit_run(config: CanaryConfig) -> dict[str, Any]:
     r, correct = guess_and_count(run["scores"], run["included"], k)
     bound = epsilon_lower_bound(m, r, correct, config.delta, config.confidence)
     included = run["included"]
+    variance = noise_variance_test(
+        run["scores"][~included], run["claimed_score_variance"], config.variance_level
+    )
     return {
+        "method": run["method"],
+        "noise_scale": config.noise_scale if config.noise else 0.0,
         "noise": config.noise,
         "noise_multiplier": run["noise_multiplier"],
         "calibrated_noise_multiplier": run["calibrated_noise_multiplier"],
@@ -263,6 +330,8 @@ def audit_run(config: CanaryConfig) -> dict[str, Any]:
         "epsilon_lower_bound": bound,
         "claimed_epsilon": run["claimed_epsilon"],
         "bound_below_claim": bool(bound < run["claimed_epsilon"]),
+        "noise_variance_test": variance,
+        "passed": bool(bound < run["claimed_epsilon"] and not variance["rejected"]),
         "mean_score_included": float(run["scores"][included].mean()),
         "mean_score_excluded": float(run["scores"][~included].mean()),
         "train_accuracy_real": run["train_accuracy_real"],
@@ -273,8 +342,9 @@ def audit_run(config: CanaryConfig) -> dict[str, Any]:
 def run_canary_audit(config: CanaryConfig) -> dict[str, Any]:
     """The DP run and the same run with the noise switched off; ``passed`` when the audit separates them.
 
-    Passed means: the DP run's lower bound stays below its claimed epsilon AND the no-noise run's bound
-    exceeds the claim (the audit is able to catch a broken run).
+    Passed means: the DP run's lower bound stays below its claimed epsilon and its excluded canaries show
+    the claimed noise variance, AND the no-noise run's bound exceeds the claim (the audit is able to catch a
+    broken run). ``config.noise_scale`` < 1 makes the DP arm an under-noised run, which must fail.
     """
     config.validate()
     dp = audit_run(replace(config, noise=True))
@@ -288,5 +358,6 @@ def run_canary_audit(config: CanaryConfig) -> dict[str, Any]:
         "no_noise": no_noise,
         "dp_bound_below_claim": bool(dp["epsilon_lower_bound"] < claim),
         "no_noise_bound_above_claim": bool(no_noise["epsilon_lower_bound"] > claim),
-        "passed": bool(dp["epsilon_lower_bound"] < claim and no_noise["epsilon_lower_bound"] > claim),
+        "dp_noise_variance_as_claimed": not dp["noise_variance_test"]["rejected"],
+        "passed": bool(dp["passed"] and no_noise["epsilon_lower_bound"] > claim),
     }

@@ -4,7 +4,13 @@ What a record claims (``privacy.*``) and what is re-derived here:
 
 - the accountant history (``accountant_history``, else one segment ``(noise_multiplier, sample_rate, steps)``)
   agrees with the scalar fields;
-- the sample rate is Opacus' ``1 / len(loader) = 1 / ceil(n_train / logical_batch_size)``;
+- the sample rate is Opacus' ``1 / len(loader) = 1 / ceil(n_train / logical_batch_size)``, the rate its
+  Poisson sampler draws with; the steps an epoch are what that loader yields (``int(1 / q)``, one fewer
+  than ``ceil(n_train / batch)`` for many sizes) and ``planned_steps`` is epochs times that;
+- delta is below 1/n_train (a failure otherwise: such a delta allows releasing an example outright);
+- the record says where the noise came from: ``os_entropy`` runs are releasable, ``seeded`` ones are
+  reproducible but not for release (noted), a record without the field predates it (re-train);
+- a DP run's history carries no raw training statistics (train loss/accuracy are not private);
 - the noise multiplier is the one ``make_private_with_epsilon`` picks for the target (or the fixed one
   in the run's params);
 - ``epsilon`` equals the recomputation under the record's own accountant (within 0.01), every entry of
@@ -91,6 +97,8 @@ def check_privacy(
     checks += _history_checks(record, sigma, q, steps)
     checks += _sample_rate_checks(record, q)
     checks.append(_delta_check(record, delta))
+    checks.append(_noise_source_check(privacy))
+    checks.append(_raw_statistics_check(record))
     checks.append(_calibration_check(record, sigma, q, delta))
 
     try:
@@ -209,13 +217,31 @@ def _sample_rate_checks(record: dict[str, Any], q: float) -> list[Check]:
     ]
     epochs = record["training"]["epochs"]
     planned = record["privacy"]["planned_steps"]
-    if planned != epochs * batches:
+    per_epoch = record["privacy"].get("steps_per_epoch")
+    if per_epoch is None:  # records before steps_per_epoch: the batch count of the plain loader
+        per_epoch, source = batches, f"ceil({n_train}/{batch})"
+    else:
+        poisson = record["privacy"].get("sampling") == "poisson"
+        yielded = int(1 / expected) if poisson else batches  # Opacus' Poisson loader yields int(1/q) batches
+        source = "privacy.steps_per_epoch"
+        if per_epoch != yielded:
+            checks.append(
+                _check(
+                    "steps per epoch",
+                    "privacy.steps_per_epoch",
+                    FAIL,
+                    f"privacy.steps_per_epoch = {per_epoch}, but the {'Poisson' if poisson else 'shuffling'} "
+                    f"loader at q = 1/{batches} yields {yielded} batches an epoch",
+                )
+            )
+    if planned != epochs * per_epoch:
         checks.append(
             _check(
                 "planned steps",
                 "privacy.planned_steps",
                 FAIL,
-                f"privacy.planned_steps = {planned}, but {epochs} epochs x {batches} batches = {epochs * batches}",
+                f"privacy.planned_steps = {planned}, but {epochs} epochs x {per_epoch} batches ({source}) = "
+                f"{epochs * per_epoch}",
             )
         )
     return checks
@@ -229,10 +255,56 @@ def _delta_check(record: dict[str, Any], delta: float) -> Check:
         return _check(
             "delta",
             "privacy.delta",
-            WARN,
-            f"delta = {delta:g} >= 1/n_train = {1 / n_train:.3g}: a weak guarantee (delta should be << 1/n)",
+            FAIL,
+            f"delta = {delta:g} >= 1/n_train = {1 / n_train:.3g}: no meaningful guarantee (an algorithm that "
+            "publishes one random example is (0, 1/n)-DP); use delta < 1/n, e.g. 1e-5 for 50,000 examples",
         )
     return _check("delta", "privacy.delta", PASS, f"delta = {delta:g} < 1/n_train = {1 / n_train:.3g}")
+
+
+def _noise_source_check(privacy: dict[str, Any]) -> Check:
+    source = privacy.get("noise_source")
+    if source == "os_entropy":
+        return _check(
+            "noise source", "privacy.noise_source", PASS, "noise and sampling from OS entropy: releasable"
+        )
+    if source == "seeded":
+        return _check(
+            "noise source",
+            "privacy.noise_source",
+            WARN,
+            "reproducible, not for release: noise and sampling are derived from the public seed and run id "
+            "(anyone can regenerate them); train with secure_noise: true for a model to release",
+        )
+    return _check(
+        "noise source",
+        "privacy.noise_source",
+        FAIL,
+        f"privacy.noise_source = {source!r}: expected 'seeded' or 'os_entropy' (a record without it was written "
+        "before runs had their own noise streams; re-train it)",
+    )
+
+
+RAW_TRAINING_STATISTICS = ("train_loss", "train_accuracy")
+
+
+def _raw_statistics_check(record: dict[str, Any]) -> Check:
+    history = (record.get("results") or {}).get("history") or []
+    leaked = sorted({k for entry in history for k in entry if k in RAW_TRAINING_STATISTICS})
+    if leaked:
+        return _check(
+            "no raw training statistics",
+            "results.history",
+            FAIL,
+            f"a DP run's history records {leaked}: raw means over private examples (no clipping, no noise) "
+            "that its epsilon does not cover; re-train with the current trainer",
+        )
+    return _check(
+        "no raw training statistics",
+        "results.history",
+        PASS,
+        "history holds held-out metrics and accounting only",
+    )
 
 
 def _calibration_check(record: dict[str, Any], sigma: float, q: float, delta: float) -> Check:

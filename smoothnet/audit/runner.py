@@ -284,6 +284,29 @@ def check_canary(path: Path) -> tuple[list[Check], dict[str, Any] | None]:
             ),
         ),
     ]
+    variance = dp.get("noise_variance_test")
+    if not isinstance(variance, dict) or "rejected" not in variance:
+        checks.append(
+            Check(
+                "canary",
+                "DP run: noise as claimed",
+                "dp.noise_variance_test",
+                FAIL,
+                "no noise-variance test in the canary result (written by an older audit); re-run it",
+            )
+        )
+    else:
+        checks.append(
+            Check(
+                "canary",
+                "DP run: noise as claimed",
+                "dp.noise_variance_test",
+                FAIL if variance["rejected"] else PASS,
+                f"excluded canaries' score variance {float(variance['variance_ratio']):.3f} x the claimed sigma's "
+                f"(p = {float(variance['p_value']):.3g}, level {variance['level']})"
+                + (": the run had less noise than claimed" if variance["rejected"] else ""),
+            )
+        )
     if float(dp.get("noise_multiplier", 0)) <= 0:
         checks.append(
             Check("canary", "DP run had noise", "dp.noise_multiplier", FAIL, "the DP arm ran without noise")

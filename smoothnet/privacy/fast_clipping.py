@@ -245,12 +245,15 @@ class ClippedGradientModule(nn.Module):
                 norm_sq += layer.norm_sq
         norms = norm_sq.sqrt()
         clip = (self.max_grad_norm / (norms + _EPS)).clamp(max=1.0)
+        # A non-finite norm (overflow, NaN input) gets clip factor 0: that example contributes nothing.
+        clip = torch.where(torch.isfinite(norms), clip, torch.zeros_like(clip))
         for sub, (_, own) in self._layers.items():
             layer = state[sub]
             for name, p in own.items():
                 if name in layer.grad_samples:
                     gs = layer.grad_samples[name]
-                    _accumulate(p, (gs * clip.view(-1, *[1] * (gs.dim() - 1)).to(gs.dtype)).sum(0))
+                    factor = clip.view(-1, *[1] * (gs.dim() - 1)).to(gs.dtype)
+                    _accumulate(p, torch.where(factor > 0, gs * factor, 0.0).sum(0))
             for x, go in layer.ghost:
                 self._ghost_sum(sub, own, x, go, clip.repeat_interleave(k))
             for p in own.values():
@@ -296,6 +299,8 @@ class ClippedGradientModule(nn.Module):
         ghost = conv.groups == 1 and self._use_ghost(positions, fan_in, conv.out_channels, single_use)
         if "bias" in own:
             _add_samples(layer, {"bias": _acc(go).flatten(2).sum(2).view(rows // k, k, -1).sum(1)})
+        if "weight" not in own:  # frozen weight: only trainable parameters count, as for Linear
+            return
         if ghost:
             unfold = _unfold(conv, x)  # (rows, fan_in, T)
             a = _acc(unfold.view(rows // k, k, fan_in, -1).transpose(1, 2).flatten(2))
@@ -351,8 +356,11 @@ class ClippedGradientModule(nn.Module):
     def _ghost_sum_exact(self, sub, own, x, go, row_clip: Tensor) -> None:
         # In the accumulation precision, from the same (e.g. bf16-rounded) inputs the norms were taken
         # of: rounding the scaled gradients back to half precision could lift a contribution above C.
-        go = _acc(go) * row_clip.view(-1, *([1] * (go.dim() - 1)))
-        x = _acc(x)
+        # float64: the batched sum cancels like the Gram norms do (fp32 let a contribution exceed C by ~2 %);
+        # rows of a clip factor 0 (non-finite norm) are zeroed, not multiplied (NaN * 0 is NaN).
+        factor = row_clip.view(-1, *([1] * (go.dim() - 1))).double()
+        go = torch.where(factor > 0, go.double() * factor, 0.0)
+        x = torch.where(factor > 0, x.double(), 0.0)
         if type(sub) is nn.Linear:
             grad = go.reshape(-1, go.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
         else:
@@ -387,9 +395,13 @@ def _add_samples(layer: _LayerState, samples: dict[str, Tensor]) -> None:
 
 
 def _ghost_norm_sq(a: Tensor, g: Tensor) -> Tensor:
-    """Per-example ||g a^T||_F^2 from Gram matrices; a: (B, d, T), g: (B, p, T)."""
-    with _exact_fp32():
-        return (torch.bmm(a.transpose(1, 2), a) * torch.bmm(g.transpose(1, 2), g)).sum((1, 2))
+    """Per-example ||g a^T||_F^2 from Gram matrices; a: (B, d, T), g: (B, p, T).
+
+    In float64, clamped at 0: the Gram sum cancels catastrophically in fp32 (a near-constant input with an
+    alternating output gradient gave negative squares, i.e. NaN norms, and under-estimated norms).
+    """
+    a, g = a.double(), g.double()
+    return (torch.bmm(a.transpose(1, 2), a) * torch.bmm(g.transpose(1, 2), g)).sum((1, 2)).clamp(min=0)
 
 
 @contextmanager

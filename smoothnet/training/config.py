@@ -61,6 +61,8 @@ class TrainConfig:
     ema_decay: float | None = None  # exponential moving average of weights, evaluated beside the raw weights
     train_on_validation: bool = False  # train on train+val (the full official training set)
     seed: int = 0
+    # DP runs: noise, Poisson masks and augmentation from OS entropy (releasable, not reproducible)
+    secure_noise: bool = False
 
     @classmethod
     def from_params(cls, resolved: dict[str, Any]) -> TrainConfig:

@@ -8,13 +8,22 @@ Two paths share Opacus' sampler, optimizer and accountant:
   which leaves the clipped per-sample gradient sum in ``p.grad``; Opacus' ``DPOptimizerFastGradientClipping``
   then adds N(0, (sigma*C)^2) and divides by the expected batch size, as in Opacus' ghost mode.
 
-Pitfalls handled here (SPEC section 3): q = 1/len(loader) (Opacus' convention, not batch/N); the
-expected batch size Opacus divides by is int(N*q) (per rank under torchrun); noise is calibrated for the
-*planned* epochs; only Poisson sampling is covered by the accountant.
+Pitfalls handled here: q = 1/len(loader) (Opacus' convention, not batch/N), read back from the sampler
+(Opacus' Poisson loader yields int(1/q) batches, which float rounding makes len(loader) - 1 for many
+sizes, e.g. 390 at N = 50,000 and batch 128, so q is not 1/len(Poisson loader)); the expected batch size
+Opacus divides by is int(N*q) (per rank under torchrun); noise is calibrated for the *planned* epochs;
+only Poisson sampling is covered by the accountant.
+
+Randomness: the Poisson masks, the noise and the augmentation come from :class:`RandomStreams`, apart
+from the public model-initialisation seed. ``seeded`` streams are derived from (seed, run id, rank), so no
+two runs share noise, and are reproducible by anyone who knows the seed: such a model is not for release.
+``os_entropy`` streams are seeded from the OS (``secrets``) and the seeds are never recorded or logged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +40,57 @@ from torch.utils.data import DataLoader, Dataset
 from smoothnet.privacy.accounting import noise_for_target
 
 OPACUS_MODES = ("hooks", "functorch", "ew", "ghost")
+NOISE_SOURCES = ("seeded", "os_entropy")
+
+
+@dataclass
+class RandomStreams:
+    """The private randomness of a DP run, one generator per use, apart from the model-initialisation seed.
+
+    ``source`` is ``seeded`` (derived from public values: reproducible, so not for release) or
+    ``os_entropy`` (seeded from the OS CSPRNG, never recorded).
+    """
+
+    source: str
+    sampling: torch.Generator  # Poisson masks (CPU)
+    noise: torch.Generator  # Gaussian noise (on the parameters' device)
+    augmentation: torch.Generator  # crop offsets and flips (CPU)
+
+    def state(self) -> dict[str, Tensor]:
+        """The generators' states, for a checkpoint (resuming continues the same streams)."""
+        return {name: getattr(self, name).get_state() for name in ("sampling", "noise", "augmentation")}
+
+    def load_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`state` saved."""
+        for name, value in state.items():
+            getattr(self, name).set_state(value)
+
+
+def random_streams(
+    seed: int, run_id: str, *, secure: bool, device: torch.device | str = "cpu", rank: int = 0
+) -> RandomStreams:
+    """The sampling, noise and augmentation generators of one run (one rank under torchrun).
+
+    ``secure``: each generator is seeded with 63 bits from ``secrets`` (OS entropy), never stored.
+    Otherwise each seed is a hash of (seed, run id, rank, stream): reproducible, distinct across runs
+    that share a seed (an epsilon sweep at seeds 0-2 would otherwise reuse every noise draw, and two
+    released models would give away the clipped gradient sum as 2*u1 - u2).
+    """
+
+    def generator(stream: str, where: torch.device | str) -> torch.Generator:
+        if secure:
+            value = secrets.randbits(63)
+        else:
+            digest = hashlib.sha256(f"smoothnet|{seed}|{run_id}|{rank}|{stream}".encode()).digest()
+            value = int.from_bytes(digest[:8], "big") >> 1
+        return torch.Generator(device=where).manual_seed(value)
+
+    return RandomStreams(
+        source="os_entropy" if secure else "seeded",
+        sampling=generator("sampling", "cpu"),
+        noise=generator("noise", device),
+        augmentation=generator("augmentation", "cpu"),
+    )
 
 
 @dataclass
@@ -43,10 +103,12 @@ class PrivateSetup:
     loader: DataLoader  # Poisson-sampled logical batches
     accountant: object  # an Opacus accountant with .history and .get_epsilon(delta)
     noise_multiplier: float
-    sample_rate: float
+    sample_rate: float  # the q the sampler draws with (and the accountant accounts)
     expected_batch_size: float
     method: str
     backward: Callable[[Tensor, Tensor, int], Tensor]
+    steps_per_epoch: int = 0  # logical batches the loader yields per epoch
+    noise_source: str = "seeded"  # of RandomStreams; "global" when make_private drew from torch's global RNG
 
 
 def calibrate_noise(
@@ -75,14 +137,19 @@ def make_private(
     noise_multiplier: float | None,
     poisson_sampling: bool = True,
     distributed: bool = False,
+    streams: RandomStreams | None = None,
 ) -> PrivateSetup:
     """Wrap model, optimizer and a loader over ``dataset`` for DP-SGD with the given per-sample method.
 
     ``distributed``: this process is one rank of a torchrun job (torch.distributed initialised); the
     model is wrapped in Opacus' DPDDP, each rank samples its shard, rank 0 adds the noise.
+    ``streams``: where the Poisson masks and the noise come from (:func:`random_streams`); ``None`` draws
+    from torch's global generator (tests only: the trainer always passes its run's streams).
     """
-    loader = DataLoader(dataset, batch_size=logical_batch_size, shuffle=True)
+    sampling = streams.sampling if streams is not None else None
+    loader = DataLoader(dataset, batch_size=logical_batch_size, shuffle=True, generator=sampling)
     calibration = dict(
+        streams=streams,
         epochs=epochs,
         accountant=accountant,
         delta=delta,
@@ -106,6 +173,7 @@ def _make_private_opacus(
     method,
     distributed,
     *,
+    streams,
     epochs,
     accountant,
     delta,
@@ -118,10 +186,11 @@ def _make_private_opacus(
     common = dict(
         module=DPDDP(model) if distributed else model,
         optimizer=optimizer,
-        data_loader=loader,
+        data_loader=loader,  # Opacus' Poisson loader keeps this loader's (sampling) generator
         max_grad_norm=max_grad_norm,
         poisson_sampling=poisson_sampling,
         grad_sample_mode=method,
+        noise_generator=streams.noise if streams is not None else None,
     )
     if method == "ghost":
         common["criterion"] = nn.CrossEntropyLoss()
@@ -135,6 +204,13 @@ def _make_private_opacus(
         wrapped, dp_optimizer, criterion, dp_loader = out
     else:
         (wrapped, dp_optimizer, dp_loader), criterion = out, nn.CrossEntropyLoss()
+    # Opacus' own secure_mode needs torchcsprng (no build for torch 2.x); with OS-entropy streams turn on
+    # the optimizer's part of it: each noise tensor as a sum of draws, robust to floating-point attacks.
+    dp_optimizer.secure_mode = streams is not None and streams.source == "os_entropy"
+    sample_rate = _sampled_rate(dp_loader, loader)
+    # Opacus accounts 1/len(its Poisson loader), which is 1/(L-1) where int(1/q) rounds down (conservative,
+    # but not the mechanism run): account the rate the sampler draws with.
+    dp_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
 
     def backward(logits: Tensor, targets: Tensor, group_size: int) -> Tensor:
         if group_size != 1:
@@ -153,11 +229,18 @@ def _make_private_opacus(
         loader=dp_loader,
         accountant=engine.accountant,
         noise_multiplier=dp_optimizer.noise_multiplier,
-        sample_rate=1 / len(dp_loader),
+        sample_rate=sample_rate,
         expected_batch_size=dp_optimizer.expected_batch_size,
         method=method,
         backward=backward,
+        steps_per_epoch=len(dp_loader),
+        noise_source=streams.source if streams is not None else "global",
     )
+
+
+def _sampled_rate(dp_loader: DataLoader, loader: DataLoader) -> float:
+    """The q the Poisson sampler draws with (Opacus: 1/len(original loader)); 1/len(loader) otherwise."""
+    return float(dp_loader.sample_rate) if isinstance(dp_loader, DPDataLoader) else 1 / len(loader)
 
 
 def _make_private_fast(
@@ -167,6 +250,7 @@ def _make_private_fast(
     layer_method,
     distributed,
     *,
+    streams,
     epochs,
     accountant,
     delta,
@@ -178,7 +262,7 @@ def _make_private_fast(
     from smoothnet.privacy.fast_clipping import ClippedGradientModule, parse_method
 
     dp_loader = DPDataLoader.from_data_loader(loader, distributed=distributed) if poisson_sampling else loader
-    sample_rate = 1 / len(dp_loader)
+    sample_rate = _sampled_rate(dp_loader, loader)
     expected_batch_size = int(len(dp_loader.dataset) * sample_rate)  # as PrivacyEngine.make_private
     optimizer_class = DPOptimizerFastGradientClipping
     if distributed:
@@ -197,6 +281,8 @@ def _make_private_fast(
         max_grad_norm=max_grad_norm,
         expected_batch_size=expected_batch_size,
         loss_reduction="mean",
+        generator=streams.noise if streams is not None else None,
+        secure_mode=streams is not None and streams.source == "os_entropy",
     )
     privacy_accountant = create_accountant(accountant)
     dp_optimizer.attach_step_hook(privacy_accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
@@ -217,4 +303,6 @@ def _make_private_fast(
         expected_batch_size=expected_batch_size,
         method=f"fast:{layer_method}",
         backward=backward,
+        steps_per_epoch=len(dp_loader),
+        noise_source=streams.source if streams is not None else "global",
     )

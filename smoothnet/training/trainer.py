@@ -38,7 +38,7 @@ from smoothnet.training.checkpoint import (
 )
 from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.distributed import DistributedContext, init_distributed, rank_device, sampling_seed
-from smoothnet.training.dp import OPACUS_MODES, PrivateSetup, make_private
+from smoothnet.training.dp import OPACUS_MODES, PrivateSetup, RandomStreams, make_private, random_streams
 from smoothnet.training.environment import device_name, git_state, library_versions
 from smoothnet.training.schedules import Schedule
 
@@ -125,9 +125,9 @@ def train(
     data = load_prepared(paths.data_dir)
     torch.manual_seed(config.seed)  # model initialisation (identical on every rank)
     run = prepare_run(config, data, device, context)
-    torch.manual_seed(
-        sampling_seed(config.seed, context)
-    )  # sampling, noise, augmentation: one stream per rank
+    # What remains on the global generator (e.g. dropout); a DP run's sampling, noise and augmentation
+    # come from run.streams instead (smoothnet.training.dp.random_streams).
+    torch.manual_seed(sampling_seed(config.seed, context))
     state = RunState()
     checkpoint = load_checkpoint(paths.checkpoint_dir)
     if checkpoint is not None and checkpoint["config_fingerprint"] != config_fingerprint(config):
@@ -206,6 +206,7 @@ class PreparedRun:
     n_train: int
     method: str | None
     channels_last: bool = False
+    streams: RandomStreams | None = None  # a DP run's private randomness (never recorded)
 
 
 def prepare_run(
@@ -271,9 +272,13 @@ def prepare_run(
     )
     setup = None
     method = None
+    streams = None
     if config.private:
         method = resolve_method(config, device, image_size)
         _check_private_setup(config, method, channels_last, context, len(train_y))
+        streams = random_streams(
+            config.seed, config.run_id, secure=config.secure_noise, device=device, rank=context.rank
+        )
         setup = make_private(
             module,
             optimizer,
@@ -288,6 +293,7 @@ def prepare_run(
             noise_multiplier=config.noise_multiplier,
             poisson_sampling=config.poisson_sampling,
             distributed=context.enabled,
+            streams=streams,
         )
         optimizer, train_loader, train_forward = setup.optimizer, setup.loader, setup.model
     elif context.enabled:
@@ -316,6 +322,7 @@ def prepare_run(
         len(train_y),
         method,
         channels_last,
+        streams,
     )
 
 
@@ -399,7 +406,8 @@ def _model_inputs(config: TrainConfig, run: PreparedRun, x: Tensor, device: torc
         return x
     x = normalize(x, run.mean, run.std)
     if config.augmentation_multiplicity:
-        x = augmentation_views(x, config.augmentation_multiplicity)
+        generator = run.streams.augmentation if run.streams is not None else None
+        x = augmentation_views(x, config.augmentation_multiplicity, generator=generator)
     return x.contiguous(memory_format=torch.channels_last) if run.channels_last else x
 
 
@@ -454,7 +462,8 @@ def _train_one_epoch(
             total_loss += loss.item() * len(y)
             correct += (logits.argmax(1) == targets).float().view(-1, k).mean(1).sum().item()
             seen += len(y)
-            bar.set_postfix(loss=f"{total_loss / max(seen, 1):.3f}")
+            if run.setup is None:  # a DP run's raw training loss is not private: not even on the console
+                bar.set_postfix(loss=f"{total_loss / max(seen, 1):.3f}")
     return total_loss / max(seen, 1), correct / max(seen, 1), seen
 
 
@@ -532,13 +541,12 @@ def _evaluate_epoch(
     train_accuracy: float,
     epoch_lr: float,
 ) -> dict[str, Any]:
-    metrics: dict[str, Any] = {
-        "epoch": state.epoch,
-        "steps": state.steps,
-        "train_loss": train_loss,
-        "train_accuracy": train_accuracy,
-        "lr": epoch_lr,  # the rate this epoch trained with (the scheduler has already stepped)
-    }
+    metrics: dict[str, Any] = {"epoch": state.epoch, "steps": state.steps}
+    if not config.private:
+        # Raw means over private examples (no clipping, no noise): a DP run keeps them out of its record
+        # and DVCLive, which are released; only held-out metrics are.
+        metrics.update(train_loss=train_loss, train_accuracy=train_accuracy)
+    metrics["lr"] = epoch_lr  # the rate this epoch trained with (the scheduler has already stepped)
     for split, eval_set in run.eval_sets.items():
         metrics[f"{split}_accuracy"] = accuracy(run.module, eval_set, run.mean, run.std)
         if run.ema is not None:
@@ -563,10 +571,13 @@ def _checkpoint_state(
 ) -> dict[str, Any]:
     """What a resumed run needs; under torchrun every rank's RNG state is gathered (a collective call)."""
     optimizer = getattr(run.optimizer, "original_optimizer", run.optimizer)
-    rng_by_rank = [rng_state()]
+    own = rng_state()
+    if run.streams is not None:
+        own["streams"] = run.streams.state()
+    rng_by_rank = [own]
     if context.enabled:
         rng_by_rank = [None] * context.world_size
-        torch.distributed.all_gather_object(rng_by_rank, rng_state())
+        torch.distributed.all_gather_object(rng_by_rank, own)
     return {
         "config_fingerprint": config_fingerprint(config),
         "module": run.module.state_dict(),
@@ -604,6 +615,8 @@ def _restore(
             f"resume it with the same number of processes (now {context.world_size})"
         )
     set_rng_state(checkpoint["rng_by_rank"][context.rank])
+    if run.streams is not None:
+        run.streams.load_state(checkpoint["rng_by_rank"][context.rank]["streams"])
     return RunState(**checkpoint["state"])
 
 
@@ -632,10 +645,9 @@ def _log_live(live, metrics: dict[str, Any]) -> None:
 
 def _epoch_line(config: TrainConfig, metrics: dict[str, Any]) -> str:
     eps = metrics.get("epsilon")
-    parts = [
-        f"[{config.run_id}] epoch {metrics['epoch']}/{config.epochs}",
-        f"loss {metrics['train_loss']:.3f}",
-    ]
+    parts = [f"[{config.run_id}] epoch {metrics['epoch']}/{config.epochs}"]
+    if "train_loss" in metrics:
+        parts.append(f"loss {metrics['train_loss']:.3f}")
     for split in ("val", "test"):
         if f"{split}_accuracy" in metrics:
             parts.append(f"{split} {100 * metrics[f'{split}_accuracy']:.2f}%")
@@ -679,6 +691,8 @@ def build_record(
         "grad_sample_mode": run.method,
         "expected_batch_size": None,
         "accountant_history": [],
+        "steps_per_epoch": len(run.train_loader),  # what the loader yielded (Opacus: int(1/q) batches)
+        "noise_source": None,  # seeded (reproducible, not for release) or os_entropy
     }
     if run.setup is not None:
         setup = run.setup
@@ -686,6 +700,7 @@ def build_record(
             noise_multiplier=float(setup.noise_multiplier),
             sample_rate=float(setup.sample_rate),
             expected_batch_size=setup.expected_batch_size,
+            noise_source=setup.noise_source,
             epsilon=_spent_epsilon(config, run),
             accountant_history=[list(map(float, h[:2])) + [int(h[2])] for h in setup.accountant.history],
         )

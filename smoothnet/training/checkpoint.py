@@ -93,11 +93,12 @@ def set_aside_checkpoint(directory: str | os.PathLike, suffix: str = ".stale") -
 
 
 def remove_orphaned_temporaries(directory: str | os.PathLike) -> list[Path]:
-    """Delete ``.last.pt.*.tmp`` files a killed writer left behind (never a complete checkpoint)."""
+    """Delete the ``.<name>.*.tmp`` files a killed atomic writer left in ``directory`` (half-written
+    checkpoints or records, never a complete file); call only while holding the run's lock."""
     removed = []
     folder = Path(directory)
     if folder.is_dir():
-        for tmp in folder.glob(f".{CHECKPOINT_NAME}.*.tmp"):
+        for tmp in folder.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -86,3 +86,28 @@ def test_extracted_folder_edited_after_extraction_is_extracted_again(tmp_path):
     victim.write_bytes(sorted(p for p in extracted.rglob("*.JPEG") if p != victim)[-1].read_bytes())
     again = _prepare("imagenette", str(archive), tmp_path / "out2", **options)
     assert again["fingerprint"] == first["fingerprint"]  # the edit was not trusted: extracted afresh
+
+
+def test_orphaned_preparing_folders_are_removed(tmp_path):
+    orphan = tmp_path / ".out.abc123.preparing"
+    orphan.mkdir()
+    (orphan / "train_images.npy").write_bytes(b"half")
+    _prepare("cifar10", str(_mirror(tmp_path / "m")), tmp_path / "out")
+    assert not orphan.exists() and (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_planted_cifar_folder_source_runs_nothing(tmp_path):
+    import os
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'pwned'}",)
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps({b"data": Exploit(), b"labels": [0]}, protocol=2))
+    with pytest.raises(Exception, match="refused global"):
+        _prepare("cifar10", str(folder), tmp_path / "out")
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()

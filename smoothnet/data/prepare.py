@@ -480,6 +480,11 @@ def _write_atomically(
     out_dir: Path, arrays: Iterator[tuple[str, np.ndarray, np.ndarray]], manifest: dict[str, Any]
 ) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in [
+        *out_dir.parent.glob(f".{out_dir.name}.*.preparing"),
+        *out_dir.parent.glob(f".{out_dir.name}.old-*"),
+    ]:  # left by a killed preparation (DVC runs one prepare stage per dataset at a time)
+        shutil.rmtree(orphan, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".preparing"))
     umask = os.umask(0)
     os.umask(umask)

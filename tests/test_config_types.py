@@ -43,6 +43,7 @@ BASE = dict(
         ({"model_options": {"width": "wide"}}, "model_options.width"),
         ({"model_options": {"widht": 2.0}}, "model_options"),
         ({"model": "smoothnett"}, "model"),
+        ({"model_options": "wide"}, "model_options"),
     ],
 )
 def test_wrong_type_fails_at_once_naming_the_key(overrides, key):

@@ -77,7 +77,10 @@ class TrainConfig:
             if not resolved.get(required):
                 raise ConfigError(f"run {resolved.get('run_id')!r}: missing required key {required!r}")
         values = dict(resolved)
-        values["model_options"] = dict(values.get("model_options") or {})
+        options = values.get("model_options")
+        values["model_options"] = (
+            {} if options is None else dict(options) if isinstance(options, dict) else options
+        )
         config = cls(**values)
         config.validate()
         return config

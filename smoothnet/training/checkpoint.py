@@ -73,9 +73,15 @@ def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any] | None:
         return None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointUnreadable(f"{path}: unreadable checkpoint ({first_line[:200]})") from exc
+    except pickle.UnpicklingError as exc:  # torch's weights-only unpickler refused a global
+        raise CheckpointUnreadable(
+            f"{path}: unreadable checkpoint: it holds objects other than tensors and plain containers, "
+            "which this trainer never writes (refused without running any of it)"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        raise CheckpointUnreadable(
+            f"{path}: unreadable checkpoint: truncated or corrupt ({type(exc).__name__})"
+        ) from exc
     if not isinstance(checkpoint, dict) or "config_fingerprint" not in checkpoint:
         raise CheckpointUnreadable(f"{path}: not a checkpoint written by this trainer")
     return checkpoint

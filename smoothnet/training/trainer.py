@@ -114,9 +114,13 @@ def train(config: TrainConfig, paths: RunPaths, **options: Any) -> dict[str, Any
 
 def _check_writable(folder: Path, run_id: str) -> None:
     """Fail before training, not after the first epoch, when ``folder`` cannot be written."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the folder is created later; nothing is created by this check
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}.tmp"
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        probe = existing / f".write-probe-{os.getpid()}.tmp"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:

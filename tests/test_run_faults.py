@@ -114,3 +114,20 @@ def test_unwritable_checkpoint_folder_fails_before_loading_data(tmp_path):
     (tmp_path / "ckpt").write_text("a file where the folder should be")
     with pytest.raises(ConfigError, match="cannot write to .*ckpt"):
         _train(tmp_path / "no-data", tmp_path)
+
+
+def test_checkpoint_with_ema_prv_and_step_schedule_resumes_weights_only(prepared, tmp_path):
+    params = {**PARAMS, "epochs": 2, "ema_decay": 0.9, "accountant": "prv", "lr_schedule": "step",
+              "lr_step_size": 1, "lr_gamma": 0.5, "grad_sample_mode": "fast"}  # fmt: skip
+    config = TrainConfig.from_params(params)
+    paths = RunPaths(prepared, tmp_path / "run", tmp_path / "ckpt")
+
+    def killed(epoch):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, paths, progress=False, on_epoch_end=killed)
+    resumed = train(config, paths, progress=False)
+    uninterrupted = train(config, RunPaths(prepared, tmp_path / "run2", tmp_path / "ckpt2"), progress=False)
+    assert resumed["results"]["history"] == uninterrupted["results"]["history"]
+    assert resumed["privacy"]["epsilon"] == uninterrupted["privacy"]["epsilon"]

@@ -43,6 +43,19 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows (NaN/Infinity are refused)")
+
+
+def loads_json(text: str) -> Any:
+    """Parse JSON strictly: ``NaN``/``Infinity`` and nesting too deep to process raise ``ValueError``
+    (Python's parser accepts the former and crashes with ``RecursionError`` on the latter)."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as canonical JSON atomically."""
     atomic_write_text(path, canonical_json(obj))

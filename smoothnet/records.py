@@ -7,12 +7,11 @@ that every required field is present with the right type, and names the missing 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from smoothnet.io import atomic_write_json, canonical_json, sha256_bytes
+from smoothnet.io import atomic_write_json, canonical_json, loads_json, sha256_bytes
 
 SCHEMA_VERSION = 1
 RECORD_FILENAME = "record.json"
@@ -127,9 +126,11 @@ def write_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
 def load_record(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate one record."""
     try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        record = loads_json(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise RecordError(f"{path}: cannot read run record ({exc})") from exc
+    if not isinstance(record, dict):
+        raise RecordError(f"{path}: a run record is a JSON object, got {type(record).__name__}")
     validate_record(record, where=str(path))
     return record
 

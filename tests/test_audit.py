@@ -104,6 +104,9 @@ def build_record(params: dict[str, Any], run_id: str, fingerprint: dict[str, str
             accountant_history=history_segments,
             noise_source="os_entropy",
         )
+    for i, entry in enumerate(history, start=1):  # as the trainer logs them: cumulative steps, spent epsilon
+        entry["steps"] = STEPS * i // len(history)
+        entry["epsilon"] = privacy["epsilon"] if i == len(history) else None
     record = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,

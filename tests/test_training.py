@@ -173,14 +173,18 @@ def test_auto_method_is_the_measured_fastest_and_ours_where_only_ours_can():
     from smoothnet.training.trainer import resolve_method
 
     cuda = torch.device("cuda")  # a device object only: nothing runs on it
-    paper = TrainConfig.from_params({**BASE, "model": "resnet9", "grad_sample_mode": "auto"})
+    paper = TrainConfig.from_params(
+        {**BASE, "model": "resnet9", "model_options": {}, "grad_sample_mode": "auto"}
+    )
     assert resolve_method(paper, cuda, 32) == "hooks"  # measured fastest on CUDA for ResNet-9
     assert resolve_method(paper, cuda, 224) == "hooks"  # no 224 entry: the model's own
-    wide = TrainConfig.from_params({**BASE, "model": "smoothnet_w80d50", "grad_sample_mode": "auto"})
+    wide = TrainConfig.from_params(
+        {**BASE, "model": "smoothnet_w80d50", "model_options": {}, "grad_sample_mode": "auto"}
+    )
     assert resolve_method(wide, cuda, 224) == "fast:auto+grouped"
     for only_ours in ({"augmentation_multiplicity": 2}, {"autocast_bf16": True}):
         config = TrainConfig.from_params(
-            {**BASE, "model": "resnet9", "grad_sample_mode": "auto", **only_ours}
+            {**BASE, "model": "resnet9", "model_options": {}, "grad_sample_mode": "auto", **only_ours}
         )
         assert resolve_method(config, cuda, 32).startswith("fast:")
     assert (

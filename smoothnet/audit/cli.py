@@ -2,15 +2,22 @@
 
 ``smoothnet audit canary`` runs the empirical one-run canary audit and writes its JSON result, which the
 main audit then includes.
+
+Exit codes: 0 every check passed; 1 a check failed; 2 an input is missing or unreadable (nothing audited);
+3 the audit itself crashed (a bug: the traceback is printed). Before auditing, the previous ``audit.md`` /
+``audit.json`` are marked stale, so a crash never leaves an old "PASSED" standing.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 from smoothnet.audit.checks import WARN
+
+EXIT_PASSED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CRASHED = 0, 1, 2, 3
 
 HELP = "audit stored runs: re-derive epsilons (4 accountants), provenance, report freshness, canary audit"
 
@@ -70,8 +77,9 @@ def main(args: argparse.Namespace) -> int:
     """Run the audit (or the canary audit); exit 0 only when every check passes."""
     if getattr(args, "audit_command", None) == "canary":
         return _canary(args)
-    from smoothnet.audit.render import write_reports
-    from smoothnet.audit.runner import AuditConfig, AuditInputError, run_audit
+    from smoothnet.audit.render import mark_stale, write_reports
+    from smoothnet.audit.runner import AuditConfig, AuditInputError, audit_options, run_audit
+    from smoothnet.params import ParamsError, load_params
 
     root = Path(args.root)
     config = AuditConfig(
@@ -85,17 +93,29 @@ def main(args: argparse.Namespace) -> int:
         changed_deps=WARN if args.allow_changed_deps else None,
     )
     try:
+        try:
+            out = Path(args.out or audit_options(load_params(config.path(config.params)))["out"])
+        except ParamsError as exc:
+            raise AuditInputError(str(exc)) from exc
+        out = out if out.is_absolute() else root / out
+        mark_stale(out)
         result = run_audit(config)
+        md, js = write_reports(result, out)
     except AuditInputError as exc:
         print(f"smoothnet audit: {exc}", file=sys.stderr)
-        return 2
-    out = Path(args.out or result.options["out"])
-    md, js = write_reports(result, out if out.is_absolute() else root / out)
+        return EXIT_BAD_INPUT
+    except Exception:  # noqa: BLE001 - a crash is not a verdict: its own exit code, the report stays stale
+        traceback.print_exc()
+        print(
+            "smoothnet audit: CRASHED (a bug, not a verdict); the previous report is marked stale",
+            file=sys.stderr,
+        )
+        return EXIT_CRASHED
     for where, check in result.failures:
         print(f"FAIL {where}: {check.field}: {check.message}", file=sys.stderr)
     verdict = "passed" if result.passed else f"FAILED ({len(result.failures)} check(s))"
     print(f"audit {verdict}: {len(result.runs)} run(s); report in {md} and {js}")
-    return 0 if result.passed else 1
+    return EXIT_PASSED if result.passed else EXIT_FAILED
 
 
 def _canary(args: argparse.Namespace) -> int:

@@ -13,12 +13,11 @@ Entries may also be objects (``{"record_hash": ...}`` / ``{"sha256": ...}``) or 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from smoothnet.audit.checks import FAIL, PASS, SKIP, Check
-from smoothnet.io import sha256_file
+from smoothnet.io import loads_json, sha256_file
 
 GROUP = "freshness"
 
@@ -51,8 +50,8 @@ def load_report_manifest(path: Path) -> tuple[dict[str, str], dict[str, str]] | 
     if not path.exists():
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest = loads_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ReportManifestError(f"{path}: unreadable ({exc})") from exc
     if not isinstance(manifest, dict):
         raise ReportManifestError(f"{path}: expected a JSON object")
@@ -87,13 +86,28 @@ def check_record_cited(record_rel: str, current_hash: str, cited: dict[str, str]
     )
 
 
-def check_report(root: Path, manifest_path: Path, audited: set[str]) -> list[Check]:
-    """Report-level checks: cited records exist and are audited, every rendered file has its cited sha256."""
+def check_report(
+    root: Path, manifest_path: Path, audited: set[str], report_locked: bool = False
+) -> list[Check]:
+    """Report-level checks: cited records exist and are audited, every rendered file has its cited sha256.
+
+    A missing manifest fails when dvc.lock locks the report stage (``report_locked``): the report was
+    rendered, so deleting its manifest must not turn every freshness check into a skip."""
     try:
         loaded = load_report_manifest(manifest_path)
     except ReportManifestError as exc:
         return [_check("report manifest", str(manifest_path), FAIL, str(exc))]
     if loaded is None:
+        if report_locked:
+            return [
+                _check(
+                    "report manifest",
+                    str(manifest_path),
+                    FAIL,
+                    "missing, but dvc.lock locks the report stage: the rendered report cannot be checked "
+                    "(restore it from git, or re-render with `dvc repro report`)",
+                )
+            ]
         return [
             _check(
                 "report manifest", str(manifest_path), SKIP, "not present: the report has not been rendered"

@@ -18,7 +18,7 @@ from typing import Any
 
 from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check, diff_values, lookup_dotted, short
 from smoothnet.audit.dvclock import dvc_md5, dvcignore_filter, entries
-from smoothnet.io import sha256_file
+from smoothnet.io import loads_json, sha256_file
 from smoothnet.params import ParamsError, resolve_run, run_group, stage_name
 from smoothnet.records import RecordError, validate_record
 
@@ -51,8 +51,8 @@ class HashCache:
 def load_and_validate(path: Path) -> tuple[dict[str, Any] | None, list[Check]]:
     """Read a record; one failing check per missing or mistyped field (the record is still returned if JSON)."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        record = loads_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # NaN/Infinity and deep nesting included
         return None, [_check("schema", "record.json", FAIL, f"cannot read the record ({exc})")]
     if not isinstance(record, dict):
         return None, [_check("schema", "record.json", FAIL, "the record is not a JSON object")]
@@ -170,6 +170,8 @@ def check_lock(
         ]
     checks = _lock_params(record, stage, params)
     checks += _lock_output(record_rel, stage, hashes)
+    record_out = next((str(o["path"]) for o in entries(stage, "outs") if record_rel == str(o["path"])), "")
+    checks += check_locked_outputs(key, stage, hashes, exclude=(record_out,))
     checks += _lock_deps(stage, hashes, changed_deps_status)
     return checks
 
@@ -248,6 +250,55 @@ def _lock_output(record_rel: str, stage: dict[str, Any], hashes: HashCache) -> l
                 ]
             return [_check("dvc.lock output", "record.json", PASS, f"{out_path} md5 matches dvc.lock")]
     return [_check("dvc.lock output", "dvc.lock outs", FAIL, f"the stage's outs do not include {record_rel}")]
+
+
+# Outputs kept in DVC's cache rather than git (checkpoints, prepared data): absent on a fresh clone.
+CACHED_OUTPUT_PREFIXES = ("checkpoints/", "data/")
+
+
+def check_locked_outputs(
+    stage_name: str, stage: dict[str, Any], hashes: HashCache, exclude: tuple[str, ...] = ()
+) -> list[Check]:
+    """Every output of a locked stage still has the md5 dvc.lock recorded (a figure redrawn and re-hashed
+    into the report manifest, an edited DVCLive ``metrics.json`` or canary result fails here).
+
+    Outputs in ``exclude`` are checked elsewhere; cached outputs (checkpoints, data) absent here are skipped.
+    """
+    checks, compared = [], 0
+    for out in entries(stage, "outs"):
+        path = str(out["path"]).rstrip("/")
+        if path in exclude:
+            continue
+        locked, now = out.get("md5"), hashes.md5(path)
+        if now is None:
+            cached = path.startswith(CACHED_OUTPUT_PREFIXES)
+            checks.append(
+                _check(
+                    "locked output",
+                    path,
+                    SKIP if cached else FAIL,
+                    f"output of {stage_name} not on this machine (`dvc pull` fetches it): not compared"
+                    if cached
+                    else f"output of {stage_name} in dvc.lock but missing (restore it from git, or `dvc repro`)",
+                )
+            )
+        elif now != locked:
+            checks.append(
+                _check(
+                    "locked output",
+                    path,
+                    FAIL,
+                    f"md5 {now} != dvc.lock {locked} ({stage_name}): changed after the stage ran "
+                    "(restore it, or `dvc repro` the stage)",
+                )
+            )
+        else:
+            compared += 1
+    if compared:
+        checks.append(
+            _check("locked output", stage_name, PASS, f"{compared} output(s) of {stage_name} match dvc.lock")
+        )
+    return checks
 
 
 def _lock_deps(stage: dict[str, Any], hashes: HashCache, changed_status: str) -> list[Check]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN
@@ -73,6 +75,15 @@ def render_markdown(result: AuditResult) -> str:
             lines.append("")
         lines += [f"- {MARK[c.status]}: {c.name}: {c.message}" for c in result.canary_checks]
         lines.append("")
+    if result.not_yet_trained:
+        lines += [
+            f"## Not yet trained ({len(result.not_yet_trained)} run(s) of params.yaml)",
+            "",
+            "No record and no dvc.lock entry: nothing is claimed for these runs yet (`dvc repro train@<run>`).",
+            "",
+            ", ".join(f"`{run_id}`" for run_id in result.not_yet_trained),
+            "",
+        ]
     lines += ["## Report freshness", ""]
     lines += [f"- {MARK[c.status]} `{c.field}`: {c.message}" for c in result.report_checks] or [
         "- nothing checked"
@@ -87,6 +98,27 @@ def render_markdown(result: AuditResult) -> str:
         lines += [f"- {MARK[c.status]} [{c.group}] `{c.field}`: {c.message}" for c in run.checks]
         lines.append("")
     return "\n".join(lines)
+
+
+STALE_BANNER = "> **STALE**: an audit started at {when} and has not finished; the verdict below is void.\n\n"
+
+
+def mark_stale(out_dir: Path) -> None:
+    """Before auditing, void the previous ``audit.md`` / ``audit.json`` (banner, ``passed: false``,
+    ``stale: true``); :func:`write_reports` replaces both when the audit finishes."""
+    md, js = out_dir / "audit.md", out_dir / "audit.json"
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    if md.exists():
+        old = md.read_text(encoding="utf-8", errors="replace")
+        old = old[old.index("\n\n") + 2 :] if old.startswith("> **STALE**") and "\n\n" in old else old
+        atomic_write_text(md, STALE_BANNER.format(when=when) + old)
+    if js.exists():
+        try:
+            previous = json.loads(js.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            previous = None
+        stale = previous if isinstance(previous, dict) else {}
+        atomic_write_json(js, {**stale, "passed": False, "stale": True})
 
 
 def write_reports(result: AuditResult, out_dir: Path) -> tuple[Path, Path]:

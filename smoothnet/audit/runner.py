@@ -3,7 +3,6 @@ the report manifest and the canary-audit result. Nothing is retrained."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,13 +18,15 @@ from smoothnet.audit.provenance import (
     check_environment,
     check_identity,
     check_lock,
+    check_locked_outputs,
     check_params,
     expected_stage,
     load_and_validate,
     split_stage,
 )
 from smoothnet.audit.sanity import check_sanity
-from smoothnet.params import ParamsError, load_params
+from smoothnet.io import loads_json
+from smoothnet.params import RUN_GROUPS, ParamsError, load_params
 from smoothnet.records import find_records, record_hash
 
 NOT_A_RESULT_PROFILES = ("quick", "fixture")
@@ -132,6 +133,7 @@ class AuditResult:
     canary: dict[str, Any] | None
     inputs: dict[str, str]
     options: dict[str, Any] = field(default_factory=dict)
+    not_yet_trained: list[str] = field(default_factory=list)  # in params.yaml, neither locked nor recorded
 
     @property
     def failures(self) -> list[tuple[str, Check]]:
@@ -158,6 +160,7 @@ class AuditResult:
             "report": [c.to_dict() for c in self.report_checks],
             "canary_checks": [c.to_dict() for c in self.canary_checks],
             "canary": self.canary,
+            "not_yet_trained": self.not_yet_trained,
         }
 
 
@@ -256,10 +259,10 @@ def check_canary(path: Path) -> tuple[list[Check], dict[str, Any] | None]:
             )
         ], None
     try:
-        result = json.loads(path.read_text(encoding="utf-8"))
+        result = loads_json(path.read_text(encoding="utf-8"))
         dp, off, claim = result["dp"], result["no_noise"], float(result["claimed_epsilon"])
         dp_bound, off_bound = float(dp["epsilon_lower_bound"]), float(off["epsilon_lower_bound"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         return [Check("canary", "canary audit", str(path), FAIL, f"unreadable canary result ({exc})")], None
     checks = [
         Check(
@@ -329,8 +332,14 @@ def run_audit(config: AuditConfig) -> AuditResult:
         loaded = None  # reported as a failure by check_report below
     cited = loaded[0] if loaded else None
     locks: dict[str, dict[str, Any] | None] = {config.lock: stages}
-    runs = [audit_record(p, config, params, locks, hashes, cited) for p in paths]
-    report_checks = check_report(config.root, manifest_path, {r.path for r in runs})
+    runs = [_audit_record_or_fail(p, config, params, locks, hashes, cited) for p in paths]
+    report_locked = isinstance(stages.get("report"), dict)
+    report_checks = check_report(config.root, manifest_path, {r.path for r in runs}, report_locked)
+    for stage in ("report", "canary"):  # what `dvc metrics/plots show` and the paper read, vs dvc.lock
+        if isinstance(stages.get(stage), dict):
+            report_checks += check_locked_outputs(stage, stages[stage], hashes)
+    missing, not_yet_trained = _runs_without_records(params, {r.run_id for r in runs}, config, locks)
+    report_checks += missing
     if not runs:
         report_checks.insert(
             0,
@@ -354,4 +363,48 @@ def run_audit(config: AuditConfig) -> AuditResult:
     }
     inputs["epsilon_tolerance"] = str(config.epsilon_tolerance)
     inputs["changed_deps"] = str(config.changed_deps)
-    return AuditResult(runs, report_checks, canary_checks, canary, inputs, options)
+    return AuditResult(runs, report_checks, canary_checks, canary, inputs, options, not_yet_trained)
+
+
+def _audit_record_or_fail(path: Path, config: AuditConfig, *args: Any) -> RunAudit:
+    """:func:`audit_record`, with anything it did not foresee turned into a failed check on this record
+    (one bad record never stops the audit of the others)."""
+    try:
+        return audit_record(path, config, *args)
+    except AuditInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported as this record's failure, with its type
+        check = Check("schema", "record audit", "record.json", FAIL, f"{path}: {type(exc).__name__}: {exc}")
+        return RunAudit(_rel(path, config.root), path.parent.name, "?", None, [check])
+
+
+def _runs_without_records(
+    params: dict[str, Any], recorded: set[str], config: AuditConfig, locks: dict[str, dict[str, Any] | None]
+) -> tuple[list[Check], list[str]]:
+    """Every run of params.yaml has a record, or is listed as not yet trained (never locked either).
+
+    A run whose stage dvc.lock lists but whose record is gone fails: deleting an unwanted seed's folder
+    must not make it disappear from the report."""
+    checks, untrained = [], []
+    for group in RUN_GROUPS:
+        for run_id in sorted(params.get(group) or {}):
+            if run_id in recorded:
+                continue
+            lock_name, key = split_stage(expected_stage(params, run_id))
+            stages = _lock_stages(config.lock if lock_name == "dvc.lock" else lock_name, config, locks)
+            if stages is not None and isinstance(stages.get(key), dict):
+                outs = [str(o["path"]) for o in stages[key].get("outs") or [] if isinstance(o, dict)]
+                record = next((o for o in outs if o.endswith("record.json")), f"{run_id}/record.json")
+                checks.append(
+                    Check(
+                        "provenance",
+                        "locked run has a record",
+                        record,
+                        FAIL,
+                        f"{lock_name} locks stage {key!r} but {record} is not among the audited records "
+                        "(restore it from git, or remove the run from params.yaml and `dvc repro`)",
+                    )
+                )
+            else:
+                untrained.append(run_id)
+    return checks, untrained

@@ -1,6 +1,7 @@
 """Sanity of a record's results: accuracies are fractions, the run finished its planned steps, DP runs
 sampled with Poisson (the accountants' assumption), the model has no BatchNorm (not DP-compatible), and
-the summary accuracies are the ones in the per-epoch history.
+the summary accuracies are the ones in the per-epoch history, and the history itself is consistent
+(epochs 1..n, steps never decreasing, its last steps and epsilon equal the record's).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def check_sanity(record: dict[str, Any]) -> list[Check]:
     return (
         _accuracy_ranges(record)
         + _history_agrees(record)
+        + _history_consistent(record)
         + _steps(record)
         + _sampling(record)
         + _batchnorm(record)
@@ -91,6 +93,40 @@ def _history_agrees(record: dict[str, Any]) -> list[Check]:
                 )
             )
     return bad or [_check("results match history", "results", PASS, "summary accuracies equal the history's")]
+
+
+def _history_consistent(record: dict[str, Any]) -> list[Check]:
+    """One history entry per completed epoch, numbered 1..n, steps never decreasing; the last entry's steps
+    and epsilon are the record's (a deleted or duplicated epoch, or an edited total, fails)."""
+    history = [h for h in record["results"]["history"] if isinstance(h, dict)]
+    if not history:
+        return []  # reported by _history_agrees
+    privacy, n = record["privacy"], record["training"]["epochs_completed"]
+    field, bad = "results.history", []
+    epochs = [h.get("epoch") for h in history]
+    if epochs != list(range(1, n + 1)):
+        bad.append(f"epochs are {_span(epochs)}, expected 1..{n} (training.epochs_completed)")
+    steps = [h.get("steps") for h in history]
+    if not all(_is_number(s) for s in steps) or any(b < a for a, b in zip(steps, steps[1:], strict=False)):
+        bad.append("steps are missing or decrease between epochs")
+    elif steps[-1] != privacy["steps"]:
+        bad.append(f"the last epoch's steps {steps[-1]} != privacy.steps {privacy['steps']}")
+    last_eps = history[-1].get("epsilon")
+    if privacy["private"] and (
+        not _is_number(last_eps)
+        or not _is_number(privacy["epsilon"])
+        or not math.isclose(last_eps, privacy["epsilon"], rel_tol=1e-9, abs_tol=1e-12)
+    ):
+        bad.append(f"the last epoch's epsilon {last_eps!r} != privacy.epsilon {privacy['epsilon']!r}")
+    if bad:
+        return [_check("history consistent", field, FAIL, "; ".join(bad) + " (edited?)")]
+    return [
+        _check("history consistent", field, PASS, f"epochs 1..{n}; last steps and epsilon equal the record's")
+    ]
+
+
+def _span(values: list[Any]) -> str:
+    return repr(values) if len(values) <= 6 else f"{values[:3]!r}...{values[-3:]!r} ({len(values)} entries)"
 
 
 def _steps(record: dict[str, Any]) -> list[Check]:

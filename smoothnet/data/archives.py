@@ -62,7 +62,8 @@ def read_cifar_archive(archive: str | os.PathLike) -> dict[str, tuple[np.ndarray
     """The official splits of a CIFAR-10 python archive, read in place (nothing extracted).
 
     Returns ``{"train": (images, labels), "test": (images, labels)}`` with images uint8 ``(N, 3, 32, 32)``
-    and labels int64. The batches are pickles; call this only on an archive whose checksum was verified.
+    and labels int64. The batch pickles are read with a
+    restricted unpickler that refuses anything but arrays and plain containers (:func:`load_cifar_pickle`).
     """
     archive = Path(archive)
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -73,9 +74,7 @@ def read_cifar_archive(archive: str | os.PathLike) -> dict[str, tuple[np.ndarray
                 if member.isfile() and base in (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH):
                     handle = tar.extractfile(member)
                     assert handle is not None
-                    found[base] = _cifar_batch(
-                        pickle.load(handle, encoding="bytes"), f"{archive}:{member.name}"
-                    )
+                    found[base] = _cifar_batch(load_cifar_pickle(handle), f"{archive}:{member.name}")
     except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError) as exc:
         raise ArchiveFormatError(f"{archive}: not a readable CIFAR-10 python archive ({exc})") from exc
     return _cifar_splits(found, str(archive))
@@ -89,13 +88,42 @@ def read_cifar_folder(folder: str | os.PathLike) -> dict[str, tuple[np.ndarray, 
         path = folder / base
         if path.exists():
             with open(path, "rb") as handle:
-                found[base] = _cifar_batch(pickle.load(handle, encoding="bytes"), str(path))
+                try:
+                    found[base] = _cifar_batch(load_cifar_pickle(handle), str(path))
+                except (EOFError, pickle.UnpicklingError) as exc:
+                    raise ArchiveFormatError(f"{path}: not a readable CIFAR-10 batch ({exc})") from exc
     return _cifar_splits(found, str(folder))
 
 
 def is_cifar_folder(folder: str | os.PathLike) -> bool:
     """True for an extracted official CIFAR-10 python folder (it holds ``data_batch_1``)."""
     return (Path(folder) / CIFAR_TRAIN_BATCHES[0]).is_file()
+
+
+# What a CIFAR-10 python batch pickle may reference: numpy arrays and their dtypes, nothing that runs code.
+_CIFAR_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes, numbers and numpy arrays only; any other global is refused."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refused global {module}.{name}: a CIFAR-10 batch holds only arrays, lists and bytes"
+            )
+        return super().find_class(module, name)
+
+
+def load_cifar_pickle(handle) -> dict:
+    """Unpickle one CIFAR-10 batch with :class:`_CifarUnpickler` (a planted pickle cannot run code)."""
+    return _CifarUnpickler(handle, encoding="bytes").load()
 
 
 def _cifar_batch(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ import warnings
 
 HELP = "Download (or read a local copy of) a dataset, verify it, split it and store uint8 arrays + manifest."
 
-KNOWN_KEYS = {"source", "mirror", "val_fraction", "split_seed", "image_size", "raw_dir"}
+KNOWN_KEYS = {"source", "mirror", "val_fraction", "split_seed", "image_size", "raw_dir", "allow_duplicates"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +72,7 @@ def _prepare(args: argparse.Namespace) -> int:
             image_size=settings.get("image_size"),
             raw_dir=args.raw_dir or settings.get("raw_dir", "data/raw"),
             mirror=settings.get("mirror"),
+            allow_duplicates=settings.get("allow_duplicates", False),
             workers=args.workers,
             progress=not args.no_progress,
         )

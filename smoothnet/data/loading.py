@@ -6,7 +6,6 @@ published constants recorded in the manifest.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from smoothnet.io import sha256_file
+from smoothnet.io import loads_json, sha256_file
 
 SPLITS = ("train", "val", "test")
 
@@ -141,8 +140,9 @@ class PreparedData:
             )
 
 
-def load_prepared(path: str | os.PathLike, *, mmap: bool = False, verify: bool = False) -> PreparedData:
-    """Open the output of ``prepare_dataset``; ``verify`` also checks every array's sha256 against the manifest.
+def load_prepared(path: str | os.PathLike, *, mmap: bool = False, verify: bool = True) -> PreparedData:
+    """Open the output of ``prepare_dataset``; ``verify`` (default) checks every array's sha256 against the
+    manifest, so arrays edited after preparation are never trained on (about a second for CIFAR-10).
 
     ``mmap=True`` maps the image arrays instead of reading them into memory (ImageNette at 224 is 1.4 GB).
     """
@@ -152,7 +152,12 @@ def load_prepared(path: str | os.PathLike, *, mmap: bool = False, verify: bool =
         raise PreparedDataError(
             f"{path}: no manifest.json; prepare it first (smoothnet prepare --dataset <name> --out {path})"
         )
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    try:
+        manifest = loads_json(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise PreparedDataError(f"{manifest_path}: unreadable ({exc}); prepare the dataset again") from exc
+    if not isinstance(manifest, dict):
+        raise PreparedDataError(f"{manifest_path}: not a JSON object; prepare the dataset again")
     for key in ("dataset", "classes", "counts", "normalisation", "image_size", "files"):
         if key not in manifest:
             raise PreparedDataError(f"{manifest_path}: missing key {key!r}; prepare the dataset again")
@@ -161,5 +166,8 @@ def load_prepared(path: str | os.PathLike, *, mmap: bool = False, verify: bool =
         if not file.is_file():
             raise PreparedDataError(f"{file}: missing; prepare the dataset again")
         if verify and sha256_file(file) != meta["sha256"]:
-            raise PreparedDataError(f"{file}: sha256 differs from the manifest; prepare the dataset again")
+            raise PreparedDataError(
+                f"{file}: sha256 differs from the manifest: edited after preparation; prepare the dataset "
+                f"again (dvc repro prepare@{manifest['dataset']})"
+            )
     return PreparedData(path=path, manifest=manifest, manifest_sha256=sha256_file(manifest_path), mmap=mmap)

@@ -35,7 +35,7 @@ from smoothnet.data.catalog import (
 from smoothnet.data.download import HostUnreachableError, fetch_archive, md5_file
 from smoothnet.data.images import decode_files, default_workers
 from smoothnet.data.splits import canonical_order, fingerprint, image_digests, train_val_split
-from smoothnet.io import atomic_write_json, atomic_write_text, sha256_file
+from smoothnet.io import atomic_write_json, atomic_write_text, canonical_json, loads_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def prepare_dataset(
     archive: ArchiveSpec | None = None,
     workers: int | None = None,
     progress: bool = True,
+    allow_duplicates: bool = False,
 ) -> dict[str, Any]:
     """Prepare ``name`` ("cifar10" or "imagenette") from ``source`` into ``out_dir``; return the manifest.
 
@@ -88,7 +89,9 @@ def prepare_dataset(
     official URL and checksum (tests serve their own archives). ``image_size``: CIFAR-10 stays 32;
     ImageNette defaults to 224 = Resize(256) + CenterCrop(224) as the paper, other sizes scale both the
     same way. Data that is not the official set (fingerprint or split sizes) gets one
-    :class:`FingerprintWarning` and is marked so in the manifest.
+    :class:`FingerprintWarning` and is marked so in the manifest. Identical images are recorded in the
+    manifest (``duplicates``); one image under two labels, or in both the training and the test split,
+    is an error unless ``allow_duplicates`` (the official CIFAR-10 has neither).
     """
     spec = dataset_spec(name)
     params_key = f"data.{name}.source"
@@ -106,6 +109,8 @@ def prepare_dataset(
         raise PrepareError(f"data.{name}.val_fraction must be a number in (0, 1), got {val_fraction!r}")
     if isinstance(split_seed, bool) or not isinstance(split_seed, int):
         raise PrepareError(f"data.{name}.split_seed must be an integer, got {split_seed!r}")
+    if not isinstance(allow_duplicates, bool):
+        raise PrepareError(f"data.{name}.allow_duplicates must be true or false, got {allow_duplicates!r}")
     archive = archive or spec.archive
     workers = default_workers() if workers is None else max(1, int(workers))
     out_dir = Path(out_dir)
@@ -121,6 +126,7 @@ def prepare_dataset(
         workers=workers,
         progress=progress,
     )
+    duplicates = _duplicates(official, f"data.{name}", allow_duplicates)
     fingerprints = {split: fingerprint(official.digests[split]) for split in ("train", "test")}
     official_counts = {split: len(official.labels[split]) for split in ("train", "test")}
     matches, counts_match = _check_official(spec, fingerprints, official_counts, official.source)
@@ -163,6 +169,7 @@ def prepare_dataset(
         "official_counts": spec.official_counts,
         "official_counts_match": counts_match,
         "split_fingerprint": {},
+        "duplicates": duplicates,
         "normalisation": {
             "mean": list(spec.mean),
             "std": list(spec.std),
@@ -181,6 +188,52 @@ def prepare_dataset(
     _write_atomically(out_dir, _arrays(official, picks), manifest)
     log.info("prepared %s into %s: %s", name, out_dir, {s: manifest["counts"][s]["total"] for s in SPLITS})
     return manifest
+
+
+def _duplicates(official: _Official, key: str, allow: bool) -> dict[str, Any]:
+    """Identical images (equal sha256 of their pixels): within a split and class (recorded), under two
+    labels or in both train and test (errors unless ``allow``: a test image seen in training, or one
+    image taught as two classes, biases every result)."""
+    where: dict[str, dict[str, set[int]]] = {}
+    counts: dict[str, dict[str, int]] = {"train": {}, "test": {}}
+    for split in ("train", "test"):
+        for digest, label in zip(official.digests[split], official.labels[split].tolist(), strict=True):
+            where.setdefault(digest, {}).setdefault(split, set()).add(int(label))
+            counts[split][digest] = counts[split].get(digest, 0) + 1
+    repeated = sorted(d for split in counts for d, n in counts[split].items() if n > 1)
+    conflicts = sorted(d for d, s in where.items() if len(set().union(*s.values())) > 1)
+    shared = sorted(d for d, s in where.items() if len(s) == 2)
+    summary = {
+        "repeated_within_a_split": repeated,
+        "label_conflicts": conflicts,
+        "train_test_shared": shared,
+        "allowed": allow,
+    }
+    problems = []
+    if conflicts:
+        problems.append(
+            f"{len(conflicts)} image(s) carry two different labels (first digest {conflicts[0][:12]})"
+        )
+    if shared:
+        problems.append(
+            f"{len(shared)} image(s) are in both the training and the test split "
+            f"(first digest {shared[0][:12]})"
+        )
+    if problems and not allow:
+        raise PrepareError(
+            f"{official.source.get('path') or official.source.get('url')}: {'; '.join(problems)}. Remove "
+            f"them from the source, or set {key}.allow_duplicates: true to prepare anyway (recorded in the "
+            "manifest)"
+        )
+    if repeated or problems:
+        log.warning(
+            "%s: duplicate images: %d repeated, %d label conflicts, %d train/test shared",
+            key,
+            len(repeated),
+            len(conflicts),
+            len(shared),
+        )
+    return summary
 
 
 def _check_image_size(spec: DatasetSpec, image_size: int | None) -> int:
@@ -274,14 +327,40 @@ def _from_archive(
         return _from_arrays(read_cifar_archive(path), info)
     dest = raw_dir / f"{archive.filename}.extracted"
     marker = dest / ".extracted-from-md5"
-    if not (marker.exists() and marker.read_text().strip() == archive.md5):
+    if not _extraction_intact(dest, marker, archive.md5):
         log.info("extracting %s into %s", path, dest)
         safe_extract(path, dest)
-        atomic_write_text(marker, archive.md5 + "\n")
+        atomic_write_text(marker, canonical_json({"archive_md5": archive.md5, "files": _file_digests(dest)}))
     root = _split_root(dest, spec)
     if root is None:
         raise PrepareError(f"{path}: the archive holds no {spec.train_split}/ and {spec.test_split}/ folders")
     return _from_mirror(spec, root, info, image_size, workers, progress)
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (the extraction marker itself excluded)."""
+    return {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".extracted-from-md5"
+    }
+
+
+def _extraction_intact(dest: Path, marker: Path, archive_md5: str) -> bool:
+    """A reused extracted folder must hold exactly the files extracted from this archive, unchanged
+    (an image edited, added or removed after extraction means extracting again)."""
+    if not marker.is_file():
+        return False
+    try:
+        recorded = loads_json(marker.read_text(encoding="utf-8"))
+    except ValueError:
+        recorded = None  # an old plain-text marker (md5 only): not verifiable, extract again
+    if not isinstance(recorded, dict) or recorded.get("archive_md5") != archive_md5:
+        return False
+    if recorded.get("files") != _file_digests(dest):
+        log.warning("%s: files changed since extraction; extracting the archive again", dest)
+        return False
+    return True
 
 
 def _from_arrays(splits: dict[str, tuple[np.ndarray, np.ndarray]], info: dict[str, Any]) -> _Official:
@@ -401,6 +480,11 @@ def _write_atomically(
     out_dir: Path, arrays: Iterator[tuple[str, np.ndarray, np.ndarray]], manifest: dict[str, Any]
 ) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in [
+        *out_dir.parent.glob(f".{out_dir.name}.*.preparing"),
+        *out_dir.parent.glob(f".{out_dir.name}.old-*"),
+    ]:  # left by a killed preparation (DVC runs one prepare stage per dataset at a time)
+        shutil.rmtree(orphan, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".preparing"))
     umask = os.umask(0)
     os.umask(umask)

@@ -8,6 +8,8 @@ output file to its sha256, so the audit can tell whether the rendered report is 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,29 +54,47 @@ def render_report(
     published = load_published(published_path)  # fails before anything is written
     runset = collect_runs(runs_dir, root=root, kind=options.kind)
     out_dir = Path(out_dir)
-    figures_dir, tables_dir = out_dir / "figures", out_dir / "tables"
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    tables_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(runset, published, options, figures_dir, tables_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for orphan in out_dir.glob(".rendering-*"):  # left by a killed render
+        shutil.rmtree(orphan, ignore_errors=True)
+    # Everything is rendered into a temporary folder beside out_dir and swapped in only when complete:
+    # a failing figure leaves the previous report whole, never half of a new one.
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".rendering-"))
+    try:
+        figures_dir, tables_dir = staging / "figures", staging / "tables"
+        figures_dir.mkdir()
+        tables_dir.mkdir()
+        ctx = Context(runset, published, options, figures_dir, tables_dir)
+        sections = [s for s in (builder.render(ctx) for builder in BUILDERS) if s is not None]
+        written = [p for s in sections for p in s.paths]
+        _remove_stale(figures_dir, tables_dir, written)
+        atomic_write_text(staging / README, _readme(ctx, sections))
+        written.append(staging / README)
 
-    sections = [s for s in (builder.render(ctx) for builder in BUILDERS) if s is not None]
-    written = [p for s in sections for p in s.paths]
-    _remove_stale(figures_dir, tables_dir, written)
-    readme = out_dir / README
-    atomic_write_text(readme, _readme(ctx, sections))
-    written.append(readme)
+        root_path = Path(root).resolve()
+        final = {p: out_dir / p.relative_to(staging) for p in written}  # where each file will live
+        manifest = {
+            "profile": "+".join(runset.profiles) if runset.profiles else "none",
+            "records": {r.path: r.hash for r in sorted(runset.runs, key=lambda r: r.path)},
+            "outputs": dict(sorted((_rel(final[p], root_path), sha256_file(p)) for p in written)),
+        }
+        atomic_write_json(staging / MANIFEST, manifest)
+        _swap_in(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ReportResult(out_dir / MANIFEST, manifest, len(runset.left_out))
 
-    root_path = Path(root).resolve()
-    manifest = {
-        "profile": "+".join(runset.profiles) if runset.profiles else "none",
-        "records": {r.path: r.hash for r in sorted(runset.runs, key=lambda r: r.path)},
-        "outputs": {
-            _rel(p, root_path): sha256_file(p) for p in sorted(written, key=lambda p: _rel(p, root_path))
-        },
-    }
-    manifest_path = out_dir / MANIFEST
-    atomic_write_json(manifest_path, manifest)
-    return ReportResult(manifest_path, manifest, len(runset.left_out))
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Move the rendered folders and files from ``staging`` into ``out_dir``, the manifest last (a crash
+    between two renames leaves a manifest that does not match: the audit calls the report stale)."""
+    for name in ("figures", "tables"):
+        target = out_dir / name
+        if target.exists():
+            os.replace(target, staging / f"{name}.previous")  # removed with the staging folder
+        os.replace(staging / name, target)
+    os.replace(staging / README, out_dir / README)
+    os.replace(staging / MANIFEST, out_dir / MANIFEST)
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -175,6 +175,22 @@ def _kind(profile: str, where: str) -> str:
     )
 
 
+def _check_accuracies(record: dict[str, Any], path: Path) -> None:
+    """Refuse a record whose accuracies are not fractions (1e308 rendered as ``inf ± nan``)."""
+    results = record["results"]
+    entries = [("results", results)] + [
+        (f"results.history[{i}]", h) for i, h in enumerate(results["history"]) if isinstance(h, dict)
+    ]
+    for where, entry in entries:
+        for key, value in entry.items():
+            if "accuracy" in key and value is not None:
+                if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                    raise ReportInputError(
+                        f"{path}: {where}.{key} = {value!r} is not an accuracy in [0, 1] (the record is "
+                        "corrupt or edited: re-train the run or restore the record)"
+                    )
+
+
 def collect_runs(
     runs_dir: str | os.PathLike | list | tuple, root: str | os.PathLike = ".", kind: str = "auto"
 ) -> RunSet:
@@ -189,6 +205,7 @@ def collect_runs(
     loaded = []
     for path in find_records(runs_dir):
         record = load_record(path)
+        _check_accuracies(record, path)
         resolved = path.resolve()
         try:
             rel = resolved.relative_to(root).as_posix()

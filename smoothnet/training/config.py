@@ -7,9 +7,12 @@ message naming the ``params.yaml`` key and its valid range.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Union
 
 ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("auto", "fast", "hooks", "functorch", "ew", "ghost")
@@ -77,7 +80,10 @@ class TrainConfig:
             if not resolved.get(required):
                 raise ConfigError(f"run {resolved.get('run_id')!r}: missing required key {required!r}")
         values = dict(resolved)
-        values["model_options"] = dict(values.get("model_options") or {})
+        options = values.get("model_options")
+        values["model_options"] = (
+            {} if options is None else dict(options) if isinstance(options, dict) else options
+        )
         config = cls(**values)
         config.validate()
         return config
@@ -85,15 +91,15 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid key and its valid range."""
         where = f"run {self.run_id!r}"
+        self._check_types(where)
+        self._check_model(where)
 
         def fail(key: str, message: str) -> None:
             raise ConfigError(f"{where}: {key} {message} (got {getattr(self, key)!r})")
 
         if self.private:
             if self.target_epsilon is None and self.noise_multiplier is None:
-                raise ConfigError(
-                    f"{where}: set target_epsilon (> 0) or noise_multiplier (>= 0) for a DP run"
-                )
+                raise ConfigError(f"{where}: set target_epsilon (> 0) or noise_multiplier (> 0) for a DP run")
             if self.target_epsilon is not None and self.noise_multiplier is not None:
                 raise ConfigError(
                     f"{where}: set only one of target_epsilon and noise_multiplier "
@@ -101,8 +107,11 @@ class TrainConfig:
                 )
             if self.target_epsilon is not None and not (0 < self.target_epsilon < math.inf):
                 fail("target_epsilon", "must be a finite number > 0")
-            if self.noise_multiplier is not None and not (0 <= self.noise_multiplier < math.inf):
-                fail("noise_multiplier", "must be a finite number >= 0")
+            if self.noise_multiplier is not None and not (0 < self.noise_multiplier < math.inf):
+                fail(
+                    "noise_multiplier",
+                    "must be a finite number > 0 for a DP run (0 adds no noise: no privacy)",
+                )
             if not (0 < self.delta < 1):
                 fail("delta", "must be in (0, 1) and below 1/N (checked once N is known)")
             if self.accountant not in ACCOUNTANTS:
@@ -164,6 +173,44 @@ class TrainConfig:
         if self.study not in ("main", "ablation", "literature", "improved"):
             fail("study", "must be one of main, ablation, literature, improved")
 
+    def _check_types(self, where: str) -> None:
+        """Every field against its declared type (driven by the annotations, so new fields are covered):
+        ints are not floats or bools, bools are bools, numbers are finite."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not value_matches(value, hints[f.name]):
+                raise ConfigError(
+                    f"{where}: {f.name} must be {describe_type(hints[f.name])} "
+                    f"(got {value!r}, a {type(value).__name__})"
+                )
+
+    def _check_model(self, where: str) -> None:
+        """The model exists and its options match its constructor's parameters and their types."""
+        from smoothnet.models.registry import model_entry, model_options
+
+        try:
+            entry = model_entry(self.model)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: model: {exc}") from None
+        valid = model_options(self.model)
+        unknown = sorted(set(self.model_options) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"{where}: model_options {unknown} not accepted by model {self.model!r}; valid: {valid or 'none'}"
+            )
+        try:
+            hints = typing.get_type_hints(entry.constructor)
+        except (NameError, TypeError):  # an annotation that does not resolve: options are not type-checked
+            hints = {}
+        for name, value in self.model_options.items():
+            hint = hints.get(name, inspect.Parameter.empty)
+            if hint is not inspect.Parameter.empty and not value_matches(value, hint):
+                raise ConfigError(
+                    f"{where}: model_options.{name} must be {describe_type(hint)} for model {self.model!r} "
+                    f"(got {value!r}, a {type(value).__name__})"
+                )
+
     def check_dataset_size(self, n_train: int) -> None:
         """Checks that need the training-set size: delta < 1/N and a batch no larger than the data."""
         if self.private and not self.delta < 1 / n_train:
@@ -180,3 +227,52 @@ class TrainConfig:
     def to_params(self) -> dict[str, Any]:
         """The resolved params dict this config was built from (for the run record)."""
         return dataclasses.asdict(self)
+
+
+def value_matches(value: Any, hint: Any) -> bool:
+    """Whether a params value has the declared type: ints are not bools or floats (an int is a valid
+    float), floats are finite, ``X | None`` accepts null, containers are checked element-wise."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    if origin in (Union, types.UnionType):
+        return any(value_matches(value, arg) for arg in args)
+    if origin is Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if origin is dict or hint is dict:
+        key, item = args or (Any, Any)
+        return isinstance(value, dict) and all(
+            value_matches(k, key) and value_matches(v, item) for k, v in value.items()
+        )
+    if origin in (list, tuple) or hint in (list, tuple):
+        item = args[0] if args else Any
+        return isinstance(value, list | tuple) and all(value_matches(v, item) for v in value)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # an annotation this checker does not understand is not enforced
+
+
+def describe_type(hint: Any) -> str:
+    """Words for a declared type, for error messages ("an integer or null")."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe_type(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(arg) for arg in args)
+    words = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a finite number",
+        str: "a string",
+        type(None): "null",
+        dict: "a mapping",
+    }
+    return words.get(origin or hint, getattr(hint, "__name__", str(hint)))

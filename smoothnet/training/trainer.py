@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -30,7 +31,9 @@ from smoothnet.models import build_model, count_parameters
 from smoothnet.records import SCHEMA_VERSION, write_record
 from smoothnet.training.batches import augmentation_views, normalize
 from smoothnet.training.checkpoint import (
+    CheckpointUnreadable,
     load_checkpoint,
+    remove_orphaned_temporaries,
     rng_state,
     save_checkpoint,
     set_aside_checkpoint,
@@ -40,6 +43,7 @@ from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.distributed import DistributedContext, init_distributed, rank_device, sampling_seed
 from smoothnet.training.dp import OPACUS_MODES, PrivateSetup, RandomStreams, make_private, random_streams
 from smoothnet.training.environment import device_name, git_state, library_versions
+from smoothnet.training.runlock import hold_run_lock
 from smoothnet.training.schedules import Schedule
 
 
@@ -92,7 +96,42 @@ def config_fingerprint(config: TrainConfig) -> str:
     return digest.hexdigest()
 
 
-def train(
+def train(config: TrainConfig, paths: RunPaths, **options: Any) -> dict[str, Any]:
+    """Train one run end to end and return its record (also written to ``paths.record_path``).
+
+    Holds the run's lock (:mod:`smoothnet.training.runlock`) throughout: a second trainer of the same run
+    stops at once naming the first. Before any data is loaded, the run and checkpoint folders must be
+    writable, and temporary files a killed writer left in them are removed. Options: see :func:`_train`.
+    """
+    context = DistributedContext.from_env()
+    if not context.is_main:  # rank 0 holds the lock for all ranks
+        return _train(config, paths, **options)
+    with hold_run_lock(paths.checkpoint_dir, config.run_id):
+        for folder in (paths.checkpoint_dir, paths.run_dir):
+            _check_writable(folder, config.run_id)
+            remove_orphaned_temporaries(folder)
+        return _train(config, paths, **options)
+
+
+def _check_writable(folder: Path, run_id: str) -> None:
+    """Fail before training, not after the first epoch, when ``folder`` cannot be written."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the folder is created later; nothing is created by this check
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        probe = existing / f".write-probe-{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"run {run_id!r}: cannot write to {folder} ({exc.strerror or exc}); fix its permissions or free "
+            "space before training"
+        ) from exc
+
+
+def _train(
     config: TrainConfig,
     paths: RunPaths,
     *,
@@ -103,7 +142,7 @@ def train(
     progress: bool = True,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one run end to end and return its record (also written to ``paths.record_path``).
+    """The body of :func:`train` (called with the run's lock held).
 
     Args:
         config: the validated run configuration.
@@ -129,7 +168,14 @@ def train(
     # come from run.streams instead (smoothnet.training.dp.random_streams).
     torch.manual_seed(sampling_seed(config.seed, context))
     state = RunState()
-    checkpoint = load_checkpoint(paths.checkpoint_dir)
+    try:
+        checkpoint = load_checkpoint(paths.checkpoint_dir)
+    except CheckpointUnreadable as exc:  # truncated, corrupt or unsafe: never executed, kept aside
+        _barrier(context)
+        if context.is_main:
+            aside = set_aside_checkpoint(paths.checkpoint_dir, ".unreadable")
+            print(f"[{config.run_id}] {exc}; starting over (file kept as {aside})")
+        checkpoint = None
     if checkpoint is not None and checkpoint["config_fingerprint"] != config_fingerprint(config):
         _barrier(context)
         if context.is_main:
@@ -161,8 +207,8 @@ def train(
         state.history.append(metrics)
         checkpoint_state = _checkpoint_state(config, run, state, context)
         if context.is_main:
+            save_checkpoint(paths.checkpoint_dir, checkpoint_state)  # first: a full disk must not lose it
             _log_live(live, metrics)
-            save_checkpoint(paths.checkpoint_dir, checkpoint_state)
             if progress:
                 print(_epoch_line(config, metrics))
         _barrier(context)

@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
 from smoothnet.models import build_model, count_parameters
+from smoothnet.privacy.accounting import compute_epsilon, noise_for_target, opacus_sample_rate
+from smoothnet.privacy.dp_statistics import StatisticsRelease, composed_privacy_record, fit_statistics
 from smoothnet.records import SCHEMA_VERSION, write_record
 from smoothnet.training.batches import augmentation_views, normalize
 from smoothnet.training.checkpoint import (
@@ -205,6 +207,7 @@ class PreparedRun:
     n_train: int
     method: str | None
     channels_last: bool = False
+    statistics: StatisticsRelease | None = None  # private feature statistics released before training
 
 
 def prepare_run(
@@ -257,9 +260,11 @@ def prepare_run(
             )
         train_dataset = TensorDataset(_features(frontend, train_x, mean, std, device).cpu(), train_y)
         module = model.head
+        statistics = fit_statistics(module, train_dataset.tensors[0], private=config.private, seed=config.seed)
     else:
         train_dataset = TensorDataset(train_x, train_y)
         module = model
+        statistics = None
 
     ema = None
     if config.ema_decay is not None:  # copied before Opacus attaches its hooks to the module
@@ -283,8 +288,7 @@ def prepare_run(
             epochs=config.epochs,
             accountant=config.accountant,
             delta=config.delta,
-            target_epsilon=config.target_epsilon,
-            noise_multiplier=config.noise_multiplier,
+            **_composed_calibration(config, statistics, len(train_y), context),
             poisson_sampling=config.poisson_sampling,
             distributed=context.enabled,
         )
@@ -320,7 +324,28 @@ def prepare_run(
         len(train_y),
         method,
         channels_last,
+        statistics,
     )
+
+
+def _composed_calibration(
+    config: TrainConfig, statistics: StatisticsRelease | None, n_train: int, context: DistributedContext
+) -> dict[str, float | None]:
+    """``target_epsilon``/``noise_multiplier`` for make_private: with private feature statistics, DP-SGD's
+    sigma is calibrated so that statistics + DP-SGD together reach the target (one fixed sigma)."""
+    if statistics is None or config.target_epsilon is None:
+        return {"target_epsilon": config.target_epsilon, "noise_multiplier": config.noise_multiplier}
+    if context.enabled:
+        raise ConfigError(f"run {config.run_id!r}: private feature statistics are not supported under torchrun")
+    sigma = noise_for_target(
+        config.target_epsilon,
+        config.delta,
+        opacus_sample_rate(n_train, config.logical_batch_size),
+        epochs=config.epochs,
+        accountant=config.accountant,
+        prior=statistics.history,
+    )
+    return {"target_epsilon": None, "noise_multiplier": sigma}
 
 
 def _check_private_setup(
@@ -550,8 +575,12 @@ def _evaluate_epoch(
 
 
 def _spent_epsilon(config: TrainConfig, run: PreparedRun) -> float | None:
+    """Epsilon spent so far: DP-SGD's, composed with the feature statistics' releases where there are any."""
     if run.setup is None:
         return None
+    if run.statistics is not None:
+        history = [*run.statistics.history, *run.setup.accountant.history]
+        return compute_epsilon(delta=config.delta, accountant=config.accountant, history=history)
     if not run.setup.accountant.history:
         return 0.0
     return float(run.setup.accountant.get_epsilon(delta=config.delta))
@@ -660,8 +689,6 @@ def build_record(
     profile: str,
 ) -> dict[str, Any]:
     """The run record (schema: smoothnet.records.REQUIRED_FIELDS)."""
-    from smoothnet.privacy.accounting import compute_epsilon
-
     history = state.history
     best = _best_epoch(history)
     planned_steps = config.epochs * len(run.train_loader)
@@ -691,10 +718,15 @@ def build_record(
             epsilon=_spent_epsilon(config, run),
             accountant_history=[list(map(float, h[:2])) + [int(h[2])] for h in setup.accountant.history],
         )
+        prior = run.statistics.history if run.statistics is not None else []
         privacy["epsilon_by_accountant"] = {
-            name: compute_epsilon(delta=config.delta, accountant=name, history=privacy["accountant_history"])
+            name: compute_epsilon(
+                delta=config.delta, accountant=name, history=[*prior, *privacy["accountant_history"]]
+            )
             for name in ("rdp", "prv")
         }
+        if run.statistics is not None:
+            privacy.update(composed_privacy_record(run.statistics, privacy, config))
     revision, dirty = git_state(paths.repo_root)
     peak = (
         torch.cuda.max_memory_allocated(device)

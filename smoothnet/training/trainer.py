@@ -411,12 +411,17 @@ def _features(
     device: torch.device,
     batch_size: int = 512,
 ) -> Tensor:
+    """The frozen frontend's features of ``images``, written chunk by chunk into one preallocated tensor
+    (a list of chunks then ``torch.cat`` would hold the features twice: 6.2 GB for CIFAR-10's ScatterNet)."""
     frontend.eval()
-    chunks = [
-        frontend(normalize(images[i : i + batch_size].to(device), mean, std))
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(chunks) if chunks else torch.empty(0)
+    if len(images) == 0:
+        return torch.empty(0)
+    first = frontend(normalize(images[:batch_size].to(device), mean, std))
+    out = torch.empty((len(images), *first.shape[1:]), dtype=first.dtype, device=first.device)
+    out[: len(first)] = first
+    for i in range(batch_size, len(images), batch_size):
+        out[i : i + batch_size] = frontend(normalize(images[i : i + batch_size].to(device), mean, std))
+    return out
 
 
 # ----------------------------------------------------------------------------- training

@@ -219,11 +219,14 @@ def test_audit_fails_a_record_with_unnoised_or_unaccounted_statistics(bn_record,
 
 def test_dp_sgd_only_checks_are_superseded_only_for_composed_records(bn_record):
     sgd_only = [Check("privacy", "epsilon re-derived", "privacy.epsilon", FAIL, "sgd history alone")]
-    replaced = apply_composed_privacy(bn_record, sgd_only)
+    table = {"rdp": 1.0}
+    replaced, composed_table = apply_composed_privacy(bn_record, sgd_only, table)
     assert replaced[0].status == SKIP and len(replaced) > 1
+    assert composed_table["rdp"] == pytest.approx(bn_record["privacy"]["epsilon"])
+    assert composed_table["dpa_rdp"] == pytest.approx(bn_record["privacy"]["epsilon"], abs=0.01)
     plain = copy.deepcopy(bn_record)
     del plain["privacy"]["dp_statistics"]
-    assert apply_composed_privacy(plain, sgd_only) == sgd_only
+    assert apply_composed_privacy(plain, sgd_only, table) == (sgd_only, table)
 
 
 def test_groupnorm_scatternets_are_unchanged():

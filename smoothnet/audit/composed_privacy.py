@@ -22,7 +22,12 @@ from __future__ import annotations
 from typing import Any
 
 from smoothnet.audit.checks import FAIL, PASS, SKIP, Check, short
-from smoothnet.privacy.accounting import OPACUS_EPSILON_TOLERANCE, compute_epsilon, noise_for_target
+from smoothnet.privacy.accounting import (
+    OPACUS_EPSILON_TOLERANCE,
+    compute_epsilon,
+    epsilon_table,
+    noise_for_target,
+)
 
 EPSILON_TOLERANCE = 0.01  # RDP vs RDP: the same bound from two implementations
 PLD_RELATIVE_TOLERANCE = 0.02  # PRV (Opacus) vs PLD (dp-accounting): both numerical, agree to about 1 %
@@ -192,16 +197,27 @@ def _target_checks(record, prior, independent) -> list[Check]:
     return checks
 
 
-def apply_composed_privacy(record: dict[str, Any], checks: list[Check]) -> list[Check]:
-    """``checks`` (from privacy_checks) for a record, with the DP-SGD-only epsilon checks replaced by the
-    composition checks when the record released private statistics; unchanged otherwise."""
+def apply_composed_privacy(
+    record: dict[str, Any], checks: list[Check], epsilons: dict[str, float] | None
+) -> tuple[list[Check], dict[str, float] | None]:
+    """``checks`` and the re-derived ``epsilons`` table (from privacy_checks) for a record; when the record
+    released private statistics, the DP-SGD-only epsilon checks are replaced by the composition checks and
+    the table by the composed epsilon under each accountant. Unchanged otherwise."""
     composed = check_composed_privacy(record)
     if not composed:
-        return checks
+        return checks, epsilons
+    privacy = record["privacy"]
+    stats = privacy["dp_statistics"]
+    if any(c.status == FAIL and c.name == "statistics noised" for c in composed):
+        table = epsilons
+    else:
+        prior = [(float(stats["noise_multiplier"]), 1.0, 1)] * int(stats["releases"])
+        sgd = [tuple(s) for s in privacy.get("accountant_history", [])]
+        table = epsilon_table(history=[*prior, *sgd], delta=privacy["delta"])
     kept = [
         c
         if c.group != "privacy" or c.name not in SUPERSEDED
         else _check(c.name, c.field, SKIP, "superseded by the composed-privacy checks (private statistics)")
         for c in checks
     ]
-    return kept + composed
+    return kept + composed, table

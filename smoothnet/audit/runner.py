@@ -219,7 +219,8 @@ def audit_record(
         target_epsilon=privacy.get("target_epsilon"),
     )
     privacy_checks, run.epsilons = check_privacy(record, config.epsilon_tolerance)
-    run.checks += apply_composed_privacy(record, privacy_checks)
+    privacy_checks, run.epsilons = apply_composed_privacy(record, privacy_checks, run.epsilons)
+    run.checks += privacy_checks
     run.checks += check_identity(record, path, params)
     run.checks += check_params(record, params)
     lock_name, _ = split_stage(expected_stage(params, record["run_id"]))

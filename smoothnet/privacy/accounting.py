@@ -132,7 +132,9 @@ def _opacus_epsilon(segments: list[Segment], delta: float, accountant: str) -> f
         # "Optimal order is the largest alpha": the bound is still valid, only possibly loose.
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         # PRV at sample rate 1 (a plain Gaussian release) takes log(0) in a branch it then discards.
-        warnings.filterwarnings("ignore", message="divide by zero encountered in log", category=RuntimeWarning)
+        warnings.filterwarnings(
+            "ignore", message="divide by zero encountered in log", category=RuntimeWarning
+        )
         return float(acc.get_epsilon(delta=delta))
 
 
@@ -237,7 +239,9 @@ def noise_for_target(
         )
 
     def eps(sigma: float) -> float:
-        return compute_epsilon(delta=delta, accountant=accountant, history=[*prior, (sigma, sample_rate, steps)])
+        return compute_epsilon(
+            delta=delta, accountant=accountant, history=[*prior, (sigma, sample_rate, steps)]
+        )
 
     sigma_low, sigma_high, eps_high = 0.0, 10.0, math.inf
     while eps_high > target_epsilon:

@@ -260,7 +260,9 @@ def prepare_run(
             )
         train_dataset = TensorDataset(_features(frontend, train_x, mean, std, device).cpu(), train_y)
         module = model.head
-        statistics = fit_statistics(module, train_dataset.tensors[0], private=config.private, seed=config.seed)
+        statistics = fit_statistics(
+            module, train_dataset.tensors[0], private=config.private, seed=config.seed
+        )
     else:
         train_dataset = TensorDataset(train_x, train_y)
         module = model
@@ -336,7 +338,9 @@ def _composed_calibration(
     if statistics is None or config.target_epsilon is None:
         return {"target_epsilon": config.target_epsilon, "noise_multiplier": config.noise_multiplier}
     if context.enabled:
-        raise ConfigError(f"run {config.run_id!r}: private feature statistics are not supported under torchrun")
+        raise ConfigError(
+            f"run {config.run_id!r}: private feature statistics are not supported under torchrun"
+        )
     sigma = noise_for_target(
         config.target_epsilon,
         config.delta,

@@ -83,7 +83,9 @@ def rendered(tmp_path_factory):
 def test_scatternet_row_uses_only_the_published_recipe(rendered):
     root, _ = rendered
     rows = {r[0]: r for r in _table(root, "literature_baselines")}
-    row = rows["Tramer & Boneh (ScatterNet + linear) [scatternet_linear; input_norm=dp_bn]"]
+    row = rows[
+        "Tramer & Boneh (ScatterNet + linear) [scatternet_linear; bn_mean_clip=1, bn_sq_mean_clip=1.25, input_norm=dp_bn]"
+    ]
     mean = statistics.mean(LINEAR_BN) * 100
     assert row[4] == f"{mean:.2f} ± {statistics.stdev(LINEAR_BN) * 100:.2f} (n=3)"
     assert row[6] == f"{mean - 67.0:+.2f}"

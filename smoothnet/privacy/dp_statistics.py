@@ -73,7 +73,7 @@ def private_channel_statistics(
     mean_clip: float,
     sq_mean_clip: float,
     generator: torch.Generator | None = None,
-    chunk_size: int = 4096,
+    chunk_size: int = 512,
 ) -> StatisticsRelease:
     """Per-channel mean and variance of ``features`` (N, K, ...) under the Gaussian mechanism.
 

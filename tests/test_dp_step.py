@@ -377,7 +377,7 @@ def test_private_streams_are_distinct_reproducible_and_off_the_global_generator(
     from smoothnet.training.dp import random_streams
 
     def draws(streams):
-        return [torch.rand(4, generator=getattr(streams, n)) for n in ("sampling", "noise", "augmentation")]
+        return [torch.rand(4, generator=getattr(streams, n)) for n in ("sampling", "noise", "augmentation", "statistics")]
 
     a = draws(random_streams(0, "run-a", secure=False))
     assert all(
@@ -385,7 +385,7 @@ def test_private_streams_are_distinct_reproducible_and_off_the_global_generator(
     )
     for other in (random_streams(0, "run-b", secure=False), random_streams(0, "run-a", secure=False, rank=1)):
         assert not any(torch.equal(x, y) for x, y in zip(a, draws(other), strict=True))
-    assert len({tuple(x.tolist()) for x in a}) == 3  # the three streams differ from each other
+    assert len({tuple(x.tolist()) for x in a}) == 4  # the four streams differ from each other
     secure = [draws(random_streams(0, "run-a", secure=True)) for _ in range(2)]
     assert random_streams(0, "run-a", secure=True).source == "os_entropy"
     assert not torch.equal(secure[0][1], secure[1][1])

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check
+from smoothnet.audit.composed_privacy import apply_composed_privacy
 from smoothnet.audit.dvclock import LockError, load_lock
 from smoothnet.audit.freshness import check_record_cited, check_report, load_report_manifest
 from smoothnet.audit.privacy_checks import EPSILON_TOLERANCE, check_privacy
@@ -221,6 +222,7 @@ def audit_record(
         target_epsilon=privacy.get("target_epsilon"),
     )
     privacy_checks, run.epsilons = check_privacy(record, config.epsilon_tolerance)
+    privacy_checks, run.epsilons = apply_composed_privacy(record, privacy_checks, run.epsilons)
     run.checks += privacy_checks
     run.checks += check_identity(record, path, params)
     run.checks += check_params(record, params)

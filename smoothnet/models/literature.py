@@ -7,6 +7,9 @@ Definitions follow Tramer & Boneh's code (github.com/ftramer/Handcrafted-DP, ``m
 - ScatterNet: kymatio ``Scattering2D(J=2, L=8)`` on 32x32 gives 3 x 81 coefficients at 8x8,
   viewed as 243 channels and normalised with ``GroupNorm(groups, 243, affine=False)``. Their
   scripts search groups in {9, 27, 81}; we default to 27 (option ``norm_groups``).
+  With ``input_norm="dp_bn"`` (their ``input_norm=BN``) the features are instead standardised per
+  channel with a mean and variance computed privately over the training set before training
+  (:mod:`smoothnet.privacy.dp_statistics`; ``models.py: standardize``).
   ``ScatterLinear``: one Linear 15552 -> classes. ``CIFAR10_CNN`` on scattering features:
   conv 64-M-64 (Tanh), Linear 1024 -> classes.
 - Papernot et al. 2021 ("Tempered Sigmoid Activations for Deep Learning with Differential
@@ -88,7 +91,27 @@ class FrozenFrontendModel(nn.Module):
         return self.head(self.frozen_frontend(x))
 
 
-def _scatter_norm(norm_groups: int) -> nn.GroupNorm:
+INPUT_NORMS = ("groupnorm", "dp_bn")
+
+
+def _scatter_norm(
+    norm_groups: int,
+    input_norm: str = "groupnorm",
+    bn_noise_multiplier: float = 8.0,
+    bn_mean_clip: float | None = None,
+    bn_sq_mean_clip: float | None = None,
+) -> nn.Module:
+    if input_norm == "dp_bn":
+        from smoothnet.privacy.dp_statistics import FrozenStandardize
+
+        return FrozenStandardize(
+            SCATTER_CHANNELS,
+            noise_multiplier=bn_noise_multiplier,
+            mean_clip=bn_mean_clip,
+            sq_mean_clip=bn_sq_mean_clip,
+        )
+    if input_norm != "groupnorm":
+        raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
     if not isinstance(norm_groups, int) or norm_groups < 1 or SCATTER_CHANNELS % norm_groups:
         raise ValueError(f"norm_groups must divide {SCATTER_CHANNELS} (e.g. 9, 27, 81), got {norm_groups!r}")
     return nn.GroupNorm(norm_groups, SCATTER_CHANNELS, affine=False)
@@ -126,10 +149,19 @@ def papernot_tempered_sigmoid_cnn(
     "ScatterNet (J=2) + GroupNorm(27, affine=False) + Linear (Tramer & Boneh)",
     image_sizes=(32,),
 )
-def scatternet_linear(num_classes: int = 10, image_size: int = 32, norm_groups: int = 27) -> nn.Module:
-    """Fixed scattering features, group-normalised, and one linear layer (155,530 parameters)."""
+def scatternet_linear(
+    num_classes: int = 10,
+    image_size: int = 32,
+    norm_groups: int = 27,
+    input_norm: str = "groupnorm",
+    bn_noise_multiplier: float = 8.0,
+    bn_mean_clip: float | None = None,
+    bn_sq_mean_clip: float | None = None,
+) -> nn.Module:
+    """Fixed scattering features, normalised (GroupNorm, or ``input_norm="dp_bn"`` with
+    ``bn_noise_multiplier``, ``bn_mean_clip``, ``bn_sq_mean_clip``), and one linear layer (155,530 parameters)."""
     head = nn.Sequential(
-        _scatter_norm(norm_groups),
+        _scatter_norm(norm_groups, input_norm, bn_noise_multiplier, bn_mean_clip, bn_sq_mean_clip),
         nn.Flatten(),
         nn.Linear(SCATTER_CHANNELS * SCATTER_SIZE**2, num_classes),
     )
@@ -139,11 +171,20 @@ def scatternet_linear(num_classes: int = 10, image_size: int = 32, norm_groups: 
 @register_model(
     "scatternet_cnn", "ScatterNet (J=2) + GroupNorm(27, affine=False) + CNN 64-M-64, Tanh", image_sizes=(32,)
 )
-def scatternet_cnn(num_classes: int = 10, image_size: int = 32, norm_groups: int = 27) -> nn.Module:
-    """Fixed scattering features, group-normalised, then Tramer & Boneh's small Tanh CNN."""
+def scatternet_cnn(
+    num_classes: int = 10,
+    image_size: int = 32,
+    norm_groups: int = 27,
+    input_norm: str = "groupnorm",
+    bn_noise_multiplier: float = 8.0,
+    bn_mean_clip: float | None = None,
+    bn_sq_mean_clip: float | None = None,
+) -> nn.Module:
+    """Fixed scattering features, normalised as in :func:`scatternet_linear`, then Tramer & Boneh's small
+    Tanh CNN (187,146 parameters)."""
     features, channels = _cnn_features(SCATTER_CHANNELS, [64, "M", 64], nn.Tanh)
     head = nn.Sequential(
-        _scatter_norm(norm_groups),
+        _scatter_norm(norm_groups, input_norm, bn_noise_multiplier, bn_mean_clip, bn_sq_mean_clip),
         features,
         nn.Flatten(),
         nn.Linear(channels * 4 * 4, num_classes),

@@ -131,6 +131,10 @@ def _opacus_epsilon(segments: list[Segment], delta: float, accountant: str) -> f
     with warnings.catch_warnings():
         # "Optimal order is the largest alpha": the bound is still valid, only possibly loose.
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        # PRV at sample rate 1 (a plain Gaussian release) takes log(0) in a branch it then discards.
+        warnings.filterwarnings(
+            "ignore", message="divide by zero encountered in log", category=RuntimeWarning
+        )
         return float(acc.get_epsilon(delta=delta))
 
 
@@ -181,8 +185,14 @@ def noise_for_target(
     epochs: int | None = None,
     accountant: str = "rdp",
     epsilon_tolerance: float = OPACUS_EPSILON_TOLERANCE,
+    prior: Iterable[Sequence[float]] = (),
 ) -> float:
     """The noise multiplier that reaches at most ``target_epsilon`` after ``steps`` (or ``epochs``) steps.
+
+    ``prior``: segments already spent before DP-SGD (e.g. the Gaussian releases of private feature
+    statistics, :mod:`smoothnet.privacy.dp_statistics`); the sigma returned makes the *composition* of
+    ``prior`` and DP-SGD reach at most ``target_epsilon``. With a prior, every accountant runs the bisection
+    below (Opacus' ``get_noise_multiplier`` cannot take one).
 
     For ``"rdp"``/``"prv"`` this calls ``opacus.accountants.utils.get_noise_multiplier`` with the same
     arguments as ``PrivacyEngine.make_private_with_epsilon`` (which passes ``epochs`` and
@@ -203,7 +213,8 @@ def noise_for_target(
     if epochs is not None and not epochs > 0:
         raise AccountingError(f"epochs must be positive, got {epochs!r}")
 
-    if accountant in OPACUS_ACCOUNTANTS:
+    prior = normalize_history(prior)
+    if accountant in OPACUS_ACCOUNTANTS and not prior:
         from opacus.accountants.utils import get_noise_multiplier
 
         with warnings.catch_warnings():
@@ -222,8 +233,15 @@ def noise_for_target(
     if steps is None:
         steps = int(epochs / sample_rate)  # Opacus' conversion, kept for comparability
 
+    if prior and compute_epsilon(delta=delta, accountant=accountant, history=prior) >= target_epsilon:
+        raise AccountingError(
+            f"target epsilon {target_epsilon} is already spent before DP-SGD starts (prior {prior})"
+        )
+
     def eps(sigma: float) -> float:
-        return compute_epsilon(sigma, sample_rate, steps, delta, accountant)
+        return compute_epsilon(
+            delta=delta, accountant=accountant, history=[*prior, (sigma, sample_rate, steps)]
+        )
 
     sigma_low, sigma_high, eps_high = 0.0, 10.0, math.inf
     while eps_high > target_epsilon:

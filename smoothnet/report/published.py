@@ -77,6 +77,9 @@ class LiteratureEntry:
     dataset: str
     number: PublishedNumber
     model: str | None = None
+    # model options a run must have to reproduce this entry (e.g. input_norm: dp_bn for Tramer & Boneh's
+    # ScatterNets); runs of the model with other options are shown as separate rows
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,7 @@ def load_published(path: str | os.PathLike) -> Published:
                 entry["dataset"],
                 number(entry, f"literature[{i}]"),
                 entry.get("model"),
+                dict(entry.get("options") or {}),
             )
         )
 

@@ -55,10 +55,14 @@ class RandomStreams:
     sampling: torch.Generator  # Poisson masks (CPU)
     noise: torch.Generator  # Gaussian noise (on the parameters' device)
     augmentation: torch.Generator  # crop offsets and flips (CPU)
+    statistics: torch.Generator  # noise of private feature statistics released before training (CPU)
 
     def state(self) -> dict[str, Tensor]:
         """The generators' states, for a checkpoint (resuming continues the same streams)."""
-        return {name: getattr(self, name).get_state() for name in ("sampling", "noise", "augmentation")}
+        return {
+            name: getattr(self, name).get_state()
+            for name in ("sampling", "noise", "augmentation", "statistics")
+        }
 
     def load_state(self, state: dict[str, Tensor]) -> None:
         """Restore what :meth:`state` saved."""
@@ -90,6 +94,7 @@ def random_streams(
         sampling=generator("sampling", "cpu"),
         noise=generator("noise", device),
         augmentation=generator("augmentation", "cpu"),
+        statistics=generator("statistics", "cpu"),
     )
 
 

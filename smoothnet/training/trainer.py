@@ -26,6 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
+from smoothnet.closure import REPO_ROOT, import_closure
 from smoothnet.models import build_model, count_parameters
 from smoothnet.records import SCHEMA_VERSION, write_record
 from smoothnet.training.batches import augmentation_views, normalize
@@ -80,15 +81,40 @@ class RunState:
     examples_seen: int = 0
 
 
-def config_fingerprint(config: TrainConfig) -> str:
-    """Hash of the run's configuration and of the package's code: a checkpoint only resumes the run, and the
-    code version, that wrote it (a fixed bug must not be resumed past)."""
+# What determines training: the trainer's import closure (smoothnet.closure), not the whole package, so a
+# fix to a report caption or a help string does not make a half-trained run start over.
+TRAINING_CODE = "smoothnet.training.trainer"
+CODE_ROOT = REPO_ROOT  # tests point it at a copy of the package
+
+
+def code_digests() -> dict[str, str]:
+    """SHA-256 of each file of the training code (the import closure of the trainer), by repo path."""
+    return {
+        path: hashlib.sha256((CODE_ROOT / path).read_bytes()).hexdigest()
+        for path in import_closure(TRAINING_CODE, root=CODE_ROOT)
+    }
+
+
+def config_fingerprint(config: TrainConfig, code: dict[str, str] | None = None) -> str:
+    """Hash of the run's configuration and of the training code (:func:`code_digests`): a checkpoint only
+    resumes the run, and the code version, that wrote it (a fixed bug must not be resumed past)."""
     digest = hashlib.sha256(json.dumps(config.to_params(), sort_keys=True).encode())
-    package = Path(__file__).resolve().parents[1]
-    for source in sorted(package.rglob("*.py")):
-        digest.update(source.relative_to(package).as_posix().encode())
-        digest.update(source.read_bytes())
+    for path, file_digest in sorted((code_digests() if code is None else code).items()):
+        digest.update(f"{path}\0{file_digest}\0".encode())
     return digest.hexdigest()
+
+
+def _stale_reason(checkpoint: dict[str, Any], config: TrainConfig) -> str:
+    """Why a checkpoint cannot be resumed: the training files that changed, else the parameters."""
+    old = checkpoint.get("code_digests")
+    if not isinstance(old, dict):
+        return "it predates the current checkpoint format"
+    now = code_digests()
+    changed = sorted(path for path in set(old) | set(now) if old.get(path) != now.get(path))
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        return f"the training code changed since it was written ({shown})"
+    return "the run's parameters changed since it was written"
 
 
 def train(
@@ -134,8 +160,8 @@ def train(
         if context.is_main:
             stale = set_aside_checkpoint(paths.checkpoint_dir)
             print(
-                f"[{config.run_id}] parameters changed since the last checkpoint; starting over "
-                f"(old one kept as {stale})"
+                f"[{config.run_id}] not resuming the checkpoint: {_stale_reason(checkpoint, config)}; "
+                f"starting over (old one kept as {stale})"
             )
         checkpoint = None
     if checkpoint is not None:
@@ -571,6 +597,7 @@ def _checkpoint_state(
         torch.distributed.all_gather_object(rng_by_rank, rng_state())
     return {
         "config_fingerprint": config_fingerprint(config),
+        "code_digests": code_digests(),
         "module": run.module.state_dict(),
         "full_model": run.full_model.state_dict(),
         "optimizer": optimizer.state_dict(),

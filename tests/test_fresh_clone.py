@@ -1,7 +1,8 @@
 """A fresh clone, offline, with no dataset copy beside it: what a new user meets first.
 
 ``dvc status`` and ``smoothnet plan`` list exactly the stages with no stored result (stored runs are not
-retrained because their data or checkpoints are not on this machine); ``dvc repro prepare@cifar10`` fails
+retrained because their data or checkpoints are not on this machine); ``smoothnet audit`` leaves the
+tracked tree clean; ``dvc repro prepare@cifar10`` fails
 with one message naming the download and the mirror settings, and succeeds against an HTTP host on
 127.0.0.1. "Offline" is an unreachable proxy for every host but 127.0.0.1, so the test never downloads.
 """
@@ -95,6 +96,14 @@ def test_plan_lists_exactly_the_unstored_stages(clone):
     assert listed == unstored
     assert {line.split()[1] for line in lines if line.startswith("then ")} == {"report", "audit"}
     assert {line.split()[2] for line in lines if line.startswith("no data ")} <= stored
+
+
+def test_audit_leaves_the_tracked_tree_clean(clone):
+    done = _run([sys.executable, "-m", "smoothnet.cli", "audit"], clone)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "skipped" in done.stdout.splitlines()[0]
+    status = _run(["git", "status", "--porcelain"], clone)
+    assert status.stdout == "", status.stdout
 
 
 def test_prepare_offline_names_the_download_and_the_mirror_then_succeeds_from_a_local_host(clone, tmp_path):

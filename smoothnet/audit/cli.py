@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from smoothnet.audit.checks import WARN
@@ -70,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
     """Run the audit (or the canary audit); exit 0 only when every check passes."""
     if getattr(args, "audit_command", None) == "canary":
         return _canary(args)
-    from smoothnet.audit.render import write_reports
+    from smoothnet.audit.render import summary, write_reports
     from smoothnet.audit.runner import AuditConfig, AuditInputError, run_audit
 
     root = Path(args.root)
@@ -90,12 +91,44 @@ def main(args: argparse.Namespace) -> int:
         print(f"smoothnet audit: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or result.options["out"])
-    md, js = write_reports(result, out if out.is_absolute() else root / out)
+    out = out if out.is_absolute() else root / out
+    weaker = None if args.out else _weaker_than_stored(result, out / "audit.json")
+    if weaker:
+        out = Path(tempfile.mkdtemp(prefix="smoothnet-audit-"))
+    md, js = write_reports(result, out)
     for where, check in result.failures:
         print(f"FAIL {where}: {check.field}: {check.message}", file=sys.stderr)
     verdict = "passed" if result.passed else f"FAILED ({len(result.failures)} check(s))"
-    print(f"audit {verdict}: {len(result.runs)} run(s); report in {md} and {js}")
+    print(f"audit {verdict}: {len(result.runs)} run(s), {summary(result.to_dict())}; report in {md} and {js}")
+    if weaker:
+        print(f"audit: {weaker}; kept the stored audit, wrote this one to {out} (--out DIR to choose)")
     return 0 if result.passed else 1
+
+
+def _weaker_than_stored(result, stored_path: Path) -> str | None:
+    """Why ``result`` must not replace the audit stored at ``stored_path`` (it checked less), or None.
+
+    An audit on a machine without the prepared data skips the checks that need it; overwriting the
+    stored audit with that would lose evidence (and dirty the tracked tree). A failure is never weaker.
+    """
+    import json
+
+    from smoothnet.audit.checks import SKIP
+    from smoothnet.audit.render import check_counts
+
+    if not stored_path.is_file():
+        return None
+    try:
+        stored = check_counts(json.loads(stored_path.read_text()))
+    except (ValueError, KeyError, TypeError):
+        return None  # unreadable or an older format: replace it
+    now = check_counts(result.to_dict())
+    if result.passed and now[SKIP] > stored[SKIP]:
+        return (
+            f"{now[SKIP]} check(s) skipped where the stored {stored_path.name} skipped {stored[SKIP]} "
+            f"(inputs such as data/prepared are not on this machine)"
+        )
+    return None
 
 
 def _canary(args: argparse.Namespace) -> int:

@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from tqdm.auto import tqdm
 
 from smoothnet.closure import REPO_ROOT, import_closure
 from smoothnet.models import build_model, count_parameters
@@ -41,6 +40,7 @@ from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.distributed import DistributedContext, init_distributed, rank_device, sampling_seed
 from smoothnet.training.dp import OPACUS_MODES, PrivateSetup, make_private
 from smoothnet.training.environment import device_name, git_state, library_versions
+from smoothnet.training.progress import batch_progress, format_duration
 
 
 class TrainingDiverged(RuntimeError):
@@ -138,7 +138,7 @@ def train(
         profile: "paper", "improved" or "quick" (labels the record).
         stage: the DVC stage name recorded (default ``train@<run_id>``).
         device: defaults to CUDA when available.
-        progress: show tqdm bars.
+        progress: show progress (a bar per epoch on a terminal, plain lines in a log) and a line per epoch.
         on_epoch_end: called with the completed epoch number after its checkpoint is written.
     """
     from smoothnet.data import load_prepared
@@ -170,6 +170,7 @@ def train(
             print(f"[{config.run_id}] resuming after epoch {state.epoch} of {config.epochs}")
     live = _open_live(paths.run_dir, state.history) if context.is_main else None
 
+    session_start, session_first_epoch = time.perf_counter(), state.epoch
     while state.epoch < config.epochs:
         started = time.perf_counter()
         if hasattr(run.train_loader.sampler, "set_epoch"):
@@ -189,7 +190,10 @@ def train(
             _log_live(live, metrics)
             save_checkpoint(paths.checkpoint_dir, checkpoint_state)
             if progress:
-                print(_epoch_line(config, metrics))
+                elapsed = time.perf_counter() - session_start
+                per_epoch = elapsed / (state.epoch - session_first_epoch)
+                remaining = per_epoch * (config.epochs - state.epoch)
+                print(_epoch_line(config, metrics, elapsed, remaining), flush=True)
         _barrier(context)
         if on_epoch_end is not None:
             on_epoch_end(state.epoch)
@@ -441,12 +445,8 @@ def _train_one_epoch(
     k = max(config.augmentation_multiplicity, 1)
     total_loss, correct, seen = 0.0, 0.0, 0
     with _physical_batches(config, run) as batches:
-        bar = tqdm(
-            batches,
-            desc=f"{config.run_id} epoch {state.epoch + 1}/{config.epochs}",
-            leave=False,
-            disable=not progress,
-            unit="batch",
+        bar = batch_progress(
+            batches, desc=f"[{config.run_id}] epoch {state.epoch + 1}/{config.epochs}", enabled=progress
         )
         for x, y in bar:
             if len(y) == 0:
@@ -659,7 +659,7 @@ def _log_live(live, metrics: dict[str, Any]) -> None:
     live.next_step()
 
 
-def _epoch_line(config: TrainConfig, metrics: dict[str, Any]) -> str:
+def _epoch_line(config: TrainConfig, metrics: dict[str, Any], elapsed: float, remaining: float) -> str:
     eps = metrics.get("epsilon")
     parts = [
         f"[{config.run_id}] epoch {metrics['epoch']}/{config.epochs}",
@@ -669,7 +669,8 @@ def _epoch_line(config: TrainConfig, metrics: dict[str, Any]) -> str:
         if f"{split}_accuracy" in metrics:
             parts.append(f"{split} {100 * metrics[f'{split}_accuracy']:.2f}%")
     if eps is not None:
-        parts.append(f"eps {eps:.3f}")
+        parts.append(f"eps {eps:.3f} so far")
+    parts.append(f"{format_duration(elapsed)} elapsed, ~{format_duration(remaining)} left")
     return "  ".join(parts)
 
 

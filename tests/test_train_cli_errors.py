@@ -48,7 +48,9 @@ def test_unknown_run_suggests_the_closest_ids(capsys):
 
 def test_typo_key_names_the_key_and_the_likely_one(tmp_path, capsys):
     assert _train("tiny", "--params", str(_params(tmp_path, max_grad_nrom=2.0))) == 2
-    assert "unknown training key(s) 'max_grad_nrom' (did you mean 'max_grad_norm'?)" in _one_error_line(capsys)
+    assert "unknown training key(s) 'max_grad_nrom' (did you mean 'max_grad_norm'?)" in _one_error_line(
+        capsys
+    )
 
 
 def test_missing_prepared_data_is_one_line(tmp_path, capsys):

@@ -225,7 +225,9 @@ def _load_official(
             )
         except HostUnreachableError as exc:
             if mirror is None or not Path(mirror).expanduser().exists():
-                absent = "" if mirror is None else f", and the mirror {mirror_key} = {mirror!r} does not exist"
+                absent = (
+                    "" if mirror is None else f", and the mirror {mirror_key} = {mirror!r} does not exist"
+                )
                 reason = getattr(exc.__cause__, "reason", exc.__cause__)
                 raise HostUnreachableError(
                     f"cannot download {spec.name} from {archive.url} ({reason}){absent}. Connect to the "

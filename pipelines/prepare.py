@@ -1,8 +1,15 @@
-"""DVC stage entry point: `python pipelines/prepare.py ...` runs `smoothnet prepare ...` (see dvc.yaml)."""
+"""DVC stage entry point: `python pipelines/prepare.py ...` runs `smoothnet prepare ...` (see dvc.yaml).
 
+It imports the one subcommand it runs (not `smoothnet.cli`, which imports them all), so the stage
+depends on exactly that code (`smoothnet.closure`).
+"""
+
+import argparse
 import sys
 
-from smoothnet.cli import main
+from smoothnet.data import cli
 
 if __name__ == "__main__":
-    sys.exit(main(["prepare", *sys.argv[1:]]))
+    parser = argparse.ArgumentParser(prog="smoothnet prepare", description=cli.HELP)
+    cli.add_arguments(parser)
+    sys.exit(cli.main(parser.parse_args()))

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "smoothnet.training.cli",
     "audit": "smoothnet.audit.cli",
     "quick": "smoothnet.quick",
+    "plan": "smoothnet.plan",
 }
 
 

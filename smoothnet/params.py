@@ -17,6 +17,7 @@ the run record stores under ``params``, and what the audit compares against ``pa
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,13 @@ def run_group(params: dict[str, Any], run_id: str) -> str:
         if run_id in (params.get(group) or {}):
             return group
     known = sorted(k for group in RUN_GROUPS for k in (params.get(group) or {}))
-    raise ParamsError(f"unknown run {run_id!r}; runs in params: {', '.join(known) or 'none'}")
+    close = difflib.get_close_matches(run_id, known, n=3, cutoff=0.5)
+    hint = (
+        f"closest: {', '.join(close)}"
+        if close
+        else f"{len(known)} runs are defined under runs: and ablations:"
+    )
+    raise ParamsError(f"unknown run {run_id!r} ({hint}; see runs: in the params file)")
 
 
 def stage_name(params: dict[str, Any], run_id: str) -> str:

@@ -217,8 +217,6 @@ def test_bad_settings_fail_before_decoding(tiny, tmp_path):
         _prepare("cifar10", mirror, tmp_path / "o", val_fraction=1.5)
     with pytest.raises(PrepareError, match=r"data\.cifar10\.source.*no such file"):
         _prepare("cifar10", str(tmp_path / "nowhere"), tmp_path / "o")
-    with pytest.raises(PrepareError, match=r"data\.imagenette\.mirror"):
-        _prepare("imagenette", "download", tmp_path / "o", mirror=str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="unknown dataset"):
         _prepare("mnist", mirror, tmp_path / "o")
     with pytest.raises(PrepareError, match=r"train/ and val/.*holds: test/, train/"):
@@ -246,6 +244,32 @@ def test_unreachable_download_falls_back_to_the_mirror(tiny, tmp_path):
         "url": None,
         "download_unreachable": spec.url,
     }
+
+
+def test_offline_without_the_mirror_names_the_download_and_both_mirror_settings(tiny, tmp_path):
+    from smoothnet.data.catalog import ArchiveSpec
+    from smoothnet.data.download import HostUnreachableError
+
+    spec = ArchiveSpec("http://127.0.0.1:9/cifar-10-python.tar.gz", CIFAR10.archive.md5, "c.tar.gz")
+    nowhere = str(tmp_path / "nowhere")
+    for mirror, absent in ((None, ""), (nowhere, "mirror data.cifar10.mirror = '" + nowhere)):
+        with pytest.raises(HostUnreachableError) as error:
+            _prepare("cifar10", "download", tmp_path / "o", mirror=mirror, archive=spec, raw_dir=tmp_path)
+        message = str(error.value)
+        assert spec.url in message and absent in message
+        assert "data.cifar10.mirror" in message and "SMOOTHNET_CIFAR10_MIRROR" in message
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_absent_mirror_is_no_error_when_the_download_works(tiny, tmp_path):
+    # The archive is already downloaded (verified by its checksum), so no host is contacted.
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / tiny["archive"].name).write_bytes(tiny["archive"].read_bytes())
+    mirror = str(tmp_path / "nowhere")
+    spec = _archive_spec(tiny["archive"])
+    manifest = _prepare("cifar10", "download", tmp_path / "o", mirror=mirror, archive=spec, raw_dir=raw)
+    assert manifest["source"]["kind"] == "download"
 
 
 def test_fingerprint_warning_for_a_non_official_cifar(tiny, tmp_path):

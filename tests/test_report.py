@@ -447,9 +447,14 @@ def test_quick_records_labelled_and_never_mixed(tmp_path):
     readme = (tmp_path / "quick" / "README.md").read_text()
     assert "QUICK PROFILE — not a result" in readme
     arch_md = (tmp_path / "quick" / "tables" / "architectures_eps7.md").read_text()
-    assert "| SmoothNet (depth=1, width=1) | CIFAR-10 | 101,000 | 20.00 ± 0.00 (n=2) |" in arch_md
+    # One name per model across figures and tables (the small-multiples titles say "SmoothNet W1D1" too).
+    assert "| SmoothNet W1D1 | CIFAR-10 | 101,000 | 20.00 ± 0.00 (n=2) |" in arch_md
+    assert arch_md.startswith("**QUICK PROFILE — not a result: Architectures")
+    arch_tex = (tmp_path / "quick" / "tables" / "architectures_eps7.tex").read_text()
+    assert "\\caption{QUICK PROFILE --- not a result: Architectures" in arch_tex
     curve_md = (tmp_path / "quick" / "tables" / "privacy_utility_cifar10.md").read_text()
-    assert "SmoothNet (depth=1, width=1), a different network; Δ vs published is not computed" in curve_md
+    assert "series is SmoothNet W1D1 (the configurable SmoothNet), a different network" in curve_md
+    assert "SmoothNet SmoothNet" not in curve_md
     assert "| 7 | 73.5 | 20.00 ± 0.00 (n=2) |" in curve_md
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
     """Run the audit (or the canary audit); exit 0 only when every check passes."""
     if getattr(args, "audit_command", None) == "canary":
         return _canary(args)
-    from smoothnet.audit.render import mark_stale, write_reports
+    from smoothnet.audit.render import mark_stale, summary, write_reports
     from smoothnet.audit.runner import AuditConfig, AuditInputError, audit_options, run_audit
     from smoothnet.params import ParamsError, load_params
 
@@ -98,8 +99,13 @@ def main(args: argparse.Namespace) -> int:
         except ParamsError as exc:
             raise AuditInputError(str(exc)) from exc
         out = out if out.is_absolute() else root / out
+        stored = _read_stored(out)
         mark_stale(out)
         result = run_audit(config)
+        weaker = None if args.out else _weaker_than_stored(result, stored.get("audit.json"))
+        if weaker:  # a weaker audit never replaces the stored one: put it back byte for byte
+            _restore_stored(out, stored)
+            out = Path(tempfile.mkdtemp(prefix="smoothnet-audit-"))
         md, js = write_reports(result, out)
     except AuditInputError as exc:
         print(f"smoothnet audit: {exc}", file=sys.stderr)
@@ -114,8 +120,48 @@ def main(args: argparse.Namespace) -> int:
     for where, check in result.failures:
         print(f"FAIL {where}: {check.field}: {check.message}", file=sys.stderr)
     verdict = "passed" if result.passed else f"FAILED ({len(result.failures)} check(s))"
-    print(f"audit {verdict}: {len(result.runs)} run(s); report in {md} and {js}")
+    print(f"audit {verdict}: {len(result.runs)} run(s), {summary(result.to_dict())}; report in {md} and {js}")
+    if weaker:
+        print(f"audit: {weaker}; kept the stored audit, wrote this one to {out} (--out DIR to choose)")
     return EXIT_PASSED if result.passed else EXIT_FAILED
+
+
+def _read_stored(out: Path) -> dict[str, bytes]:
+    """The stored ``audit.md`` / ``audit.json`` as bytes (to put back if this audit checks less)."""
+    return {name: (out / name).read_bytes() for name in ("audit.md", "audit.json") if (out / name).is_file()}
+
+
+def _restore_stored(out: Path, stored: dict[str, bytes]) -> None:
+    from smoothnet.io import atomic_write_bytes
+
+    for name, data in stored.items():
+        atomic_write_bytes(out / name, data)
+
+
+def _weaker_than_stored(result, stored_json: bytes | None) -> str | None:
+    """Why ``result`` must not replace the stored ``audit.json`` (it checked less), or None.
+
+    An audit on a machine without the prepared data skips the checks that need it; overwriting the
+    stored audit with that would lose evidence (and dirty the tracked tree). A failure is never weaker.
+    """
+    import json
+
+    from smoothnet.audit.checks import SKIP
+    from smoothnet.audit.render import check_counts
+
+    if stored_json is None:
+        return None
+    try:
+        stored = check_counts(json.loads(stored_json))
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None  # unreadable or an older format: replace it
+    now = check_counts(result.to_dict())
+    if result.passed and now[SKIP] > stored[SKIP]:
+        return (
+            f"{now[SKIP]} check(s) skipped where the stored audit.json skipped {stored[SKIP]} "
+            f"(inputs such as data/prepared are not on this machine)"
+        )
+    return None
 
 
 def _canary(args: argparse.Namespace) -> int:

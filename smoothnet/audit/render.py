@@ -18,11 +18,27 @@ def _eps(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def check_counts(report: dict) -> dict[str, int]:
+    """How many checks passed, warned, were skipped and failed, from an audit's JSON form."""
+    checks = [c for run in report["runs"] for c in run["checks"]] + report["report"] + report["canary_checks"]
+    return {status: sum(c["status"] == status for c in checks) for status in (PASS, WARN, SKIP, FAIL)}
+
+
+def summary(report: dict) -> str:
+    """``"166 passed, 0 warned, 14 skipped, 0 failed"``."""
+    counts = check_counts(report)
+    return f"{counts[PASS]} passed, {counts[WARN]} warned, {counts[SKIP]} skipped, {counts[FAIL]} failed"
+
+
 def render_markdown(result: AuditResult) -> str:
     """The whole audit as Markdown: verdict, failures (run and field), epsilons side by side, per-run detail."""
     lines = ["# Audit of the stored results", ""]
     verdict = "PASSED" if result.passed else f"FAILED ({len(result.failures)} failing check(s))"
-    lines += [f"**{verdict}**: {len(result.runs)} run record(s) audited without retraining.", ""]
+    lines += [
+        f"**{verdict}**: {len(result.runs)} run record(s) audited without retraining; checks: "
+        f"{summary(result.to_dict())}.",
+        "",
+    ]
     lines += [f"Inputs: {', '.join(f'{k} `{v}`' for k, v in result.inputs.items())}.", ""]
     if result.failures:
         lines += ["## Failures", ""]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 
@@ -47,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from smoothnet.data.prepare import FingerprintWarning, prepare_dataset
+    from smoothnet.data.prepare import FingerprintWarning, mirror_env_var, prepare_dataset
     from smoothnet.params import ParamsError, dataset_params, load_params
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -71,7 +72,7 @@ def _prepare(args: argparse.Namespace) -> int:
             split_seed=settings.get("split_seed", 0),
             image_size=settings.get("image_size"),
             raw_dir=args.raw_dir or settings.get("raw_dir", "data/raw"),
-            mirror=settings.get("mirror"),
+            mirror=os.environ.get(mirror_env_var(args.dataset)) or settings.get("mirror"),
             allow_duplicates=settings.get("allow_duplicates", False),
             workers=args.workers,
             progress=not args.no_progress,

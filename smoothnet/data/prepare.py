@@ -43,6 +43,15 @@ MANIFEST_VERSION = 1
 SPLITS = ("train", "val", "test")
 
 
+def mirror_env_var(name: str) -> str:
+    """The environment variable that sets a local mirror of dataset ``name`` (``SMOOTHNET_CIFAR10_MIRROR``).
+
+    It overrides ``data.<name>.mirror``; a mirror only stands in for an unreachable download and the
+    prepared arrays are verified by their fingerprints, so it is machine-local and not a DVC parameter.
+    """
+    return f"SMOOTHNET_{name.upper()}_MIRROR"
+
+
 class PrepareError(ValueError):
     """The dataset cannot be prepared from the given source or settings; the message says what to set."""
 
@@ -85,7 +94,8 @@ def prepare_dataset(
     ``source`` is ``"download"`` (the official archive, fetched into ``raw_dir`` and checksum-verified),
     a path to an image-folder mirror (``<split>/<class>/<file>``), to the downloaded archive, or (CIFAR-10)
     to an extracted ``cifar-10-batches-py`` folder. ``mirror`` (a local copy, as any of those paths) is
-    used only when ``source`` is "download" and the host cannot be reached. ``archive`` replaces the
+    a fallback, used only when ``source`` is "download" and the host cannot be reached; a mirror that is
+    absent is then named in the error beside the download. ``archive`` replaces the
     official URL and checksum (tests serve their own archives). ``image_size``: CIFAR-10 stays 32;
     ImageNette defaults to 224 = Resize(256) + CenterCrop(224) as the paper, other sizes scale both the
     same way. Data that is not the official set (fingerprint or split sizes) gets one
@@ -95,11 +105,6 @@ def prepare_dataset(
     """
     spec = dataset_spec(name)
     params_key = f"data.{name}.source"
-    if mirror is not None and not Path(mirror).expanduser().exists():
-        raise PrepareError(
-            f"data.{name}.mirror = {mirror!r}: no such file or folder (set it to a local copy of {name}, "
-            f"or to null)"
-        )
     image_size = _check_image_size(spec, image_size)
     if (
         isinstance(val_fraction, bool)
@@ -271,9 +276,19 @@ def _load_official(
             path = fetch_archive(
                 archive, raw_dir, params_key=f"{mirror_key} (or {params_key})", progress=progress
             )
-        except HostUnreachableError:
-            if mirror is None:
-                raise
+        except HostUnreachableError as exc:
+            if mirror is None or not Path(mirror).expanduser().exists():
+                absent = (
+                    "" if mirror is None else f", and the mirror {mirror_key} = {mirror!r} does not exist"
+                )
+                reason = getattr(exc.__cause__, "reason", exc.__cause__)
+                raise HostUnreachableError(
+                    f"cannot download {spec.name} from {archive.url} ({reason}){absent}. Connect to the "
+                    f"network, or point the mirror at a local copy (an image-folder mirror "
+                    f"<split>/<class>/<file>, or the downloaded {archive.filename}): set {mirror_key} "
+                    f"(or {params_key}) in params.yaml, or the environment variable "
+                    f"{mirror_env_var(spec.name)}"
+                ) from exc
             log.warning(
                 "cannot reach %s; using the local copy %s = %s instead", archive.url, mirror_key, mirror
             )

@@ -123,6 +123,7 @@ def _arch_text(arch: tuple) -> list[str]:
 
 def _table(ctx: Context, cells, others, metric, used) -> Table:
     table = Table(
+        banner=ctx.banner,
         name=TABLE,
         title="SmoothNet ablations: reproduced accuracy beside the thesis study",
         columns=[

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from smoothnet.report.context import Context, Section, dataset_label, options_key, options_text
+from smoothnet.report.context import Context, Section, dataset_label, model_label, options_key
 from smoothnet.report.published import PublishedNumber
 from smoothnet.report.runs import Run, Summary, privacy_text, select, summarize
 from smoothnet.report.style import COLORS, finish_figure, new_figure, save_figure
@@ -49,8 +49,8 @@ def _rows(ctx: Context) -> list[Cell]:
         keys = [key] if key is not None else sorted(k for m, k in configs if m == model) or [None]
         arch = ctx.published.architecture(model)
         for opts_key in keys:
-            opts = options_text(configs[(model, opts_key)]) if opts_key is not None else ""
-            label = ctx.published.label(model) + (f" ({opts})" if opts else "")
+            opts = configs[(model, opts_key)] if opts_key is not None else {}
+            label = model_label(ctx.published.label(model), model, opts)
             runs = [r for r in main if r.model == model and options_key(r.options) == opts_key]
             datasets = list(arch.datasets) if arch else []
             datasets += sorted({r.dataset for r in runs} - set(datasets))
@@ -71,6 +71,7 @@ def render(ctx: Context) -> Section:
     rows = _rows(ctx)
     used: list[Run] = [r for c in rows for s in (c.dp, c.non_dp) if s for r in s.runs]
     table = Table(
+        banner=ctx.banner,
         name=TABLE,
         title=f"Architectures at ε = {eps:g}: DP and non-DP accuracy, DP drop, published value",
         columns=[
@@ -160,6 +161,7 @@ def _bar_chart(ctx: Context, rows: list[Cell], notes: list[str]):
             (-bar / 2, "dp", COLORS["dp"], f"DP (ε = {eps:g})"),
             (bar / 2, "non_dp", COLORS["non_dp"], "non-private"),
         ):
+            labelled = False  # the legend entry goes on the first bar drawn (the first cell may be missing)
             for x, c in zip(xs, cells, strict=True):
                 summary = getattr(c, key)
                 if summary is None:
@@ -183,8 +185,9 @@ def _bar_chart(ctx: Context, rows: list[Cell], notes: list[str]):
                     color=color,
                     edgecolor="black",
                     linewidth=0.4,
-                    label=name if x == xs[0] else None,
+                    label=None if labelled else name,
                 )
+                labelled = True
                 top = summary.mean + summary.std
                 if key == "dp" and c.published is not None:
                     top = max(top, c.published.accuracy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 HELP = "Render the paper's figures and tables from run records next to the published numbers."
 
@@ -25,7 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="params.yaml whose 'report' section sets the options (metric, improved_metric, kind, "
         "architecture_epsilon, runs, out, published); flags override it",
     )
-    parser.add_argument("--root", default=".", help="repository root; manifest paths are relative to it")
+    parser.add_argument(
+        "--root",
+        default=".",
+        help="repository root; the other paths and the manifest's are relative to it (default .)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -37,12 +42,20 @@ def main(args: argparse.Namespace) -> int:
     from smoothnet.report.runs import ReportInputError, ReportOptions
 
     start = time.perf_counter()
+    root = Path(args.root)
+
+    def at(path):
+        """``path`` under ``--root`` unless absolute (a list of paths element-wise)."""
+        if isinstance(path, (list, tuple)):
+            return [at(p) for p in path]
+        return str(path if Path(path).is_absolute() else root / path)
+
     try:
-        section = load_params(args.params).get("report") if args.params else None
+        section = load_params(at(args.params)).get("report") if args.params else None
         options = ReportOptions.from_params(section)
-        runs = args.runs or options.runs
-        published = args.published or options.published
-        out = args.out or options.out
+        runs = at(args.runs or options.runs)
+        published = at(args.published or options.published)
+        out = at(args.out or options.out)
         result = render_report(runs, published, out, options, root=args.root)
     except (ParamsError, PublishedError, RecordError, ReportInputError) as exc:
         print(f"smoothnet report: {exc}", file=sys.stderr)

@@ -27,6 +27,20 @@ def options_text(options: dict[str, Any]) -> str:
     )
 
 
+def model_label(label: str, model: str, options: dict[str, Any]) -> str:
+    """One name per model across figures and tables: ``label`` (the published display name) with its
+    options; the configurable SmoothNet as ``SmoothNet [connection] W<width>D<depth> [other options]``."""
+    opts = dict(options)
+    if model == "smoothnet" and opts:
+        head = "SmoothNet"
+        if "connection" in opts:
+            head += f" {opts.pop('connection')}"
+        if "width" in opts or "depth" in opts:
+            head += f" W{float(opts.pop('width', 8.0)):g}D{float(opts.pop('depth', 5.0)):g}"
+        return " ".join([head, *(f"{v}" for _, v in sorted(opts.items()))])
+    return f"{label} ({options_text(opts)})" if opts else label
+
+
 def options_key(options: dict[str, Any]) -> str:
     """A hashable, order-independent key for model options."""
     return json.dumps(options, sort_keys=True)

@@ -11,7 +11,7 @@ import math
 
 from matplotlib.ticker import MaxNLocator
 
-from smoothnet.report.context import Context, Section, dataset_label, options_text
+from smoothnet.report.context import Context, Section, dataset_label, model_label
 from smoothnet.report.runs import Run
 from smoothnet.report.style import COLORS, finish_figure, new_figure, save_figure
 
@@ -39,17 +39,7 @@ def _panel_title(ctx: Context, run: Run) -> str:
 
 def _model_text(ctx: Context, run: Run) -> str:
     """Model name, with ablation options compact enough for a panel title (``SmoothNet dense W1D5``)."""
-    opts = dict(run.options)
-    if run.model == "smoothnet" and opts:
-        head = "SmoothNet"
-        if "connection" in opts:
-            head += f" {opts.pop('connection')}"
-        if "width" in opts or "depth" in opts:
-            head += f" W{float(opts.pop('width', 8.0)):g}D{float(opts.pop('depth', 5.0)):g}"
-        rest = " ".join(f"{v}" for _, v in sorted(opts.items()))
-        return f"{head} {rest}".strip()
-    text = ctx.published.label(run.model)
-    return f"{text} ({options_text(opts)})" if opts else text
+    return model_label(ctx.published.label(run.model), run.model, run.options)
 
 
 def render(ctx: Context) -> Section | None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from smoothnet.report.context import Context, Section, dataset_label, options_key, options_text
+from smoothnet.report.context import Context, Section, dataset_label, options_key
+from smoothnet.report.context import model_label as model_name
 from smoothnet.report.runs import Run, Summary, privacy_text, same_epsilon, select, summarize
 from smoothnet.report.style import COLORS, MARKERS, finish_figure, new_figure, save_figure
 from smoothnet.report.tables import MISSING, Table, fmt
@@ -25,8 +26,7 @@ def _improved_series(ctx: Context) -> dict[str, list[Run]]:
         groups[(run.model, options_key(run.options))].append(run)
     series = {}
     for (model, _), members in sorted(groups.items()):
-        opts = options_text(members[0].options)
-        label = f"Improved recipe: {ctx.published.label(model)}" + (f" ({opts})" if opts else "")
+        label = "Improved recipe: " + model_name(ctx.published.label(model), model, members[0].options)
         series[label] = members
     return series
 
@@ -48,8 +48,7 @@ def _reproduced_runs(ctx: Context) -> tuple[list[Run], str | None]:
     if not groups:
         return [], None
     key = max(sorted(groups), key=lambda k: len(groups[k]))
-    opts = options_text(groups[key][0].options)
-    return groups[key], "SmoothNet" + (f" ({opts})" if opts else "")
+    return groups[key], model_name(ctx.published.label("smoothnet"), "smoothnet", groups[key][0].options)
 
 
 def _by_epsilon(runs: list[Run], metric: str) -> dict[float, Summary]:
@@ -97,6 +96,7 @@ def render(ctx: Context) -> Section:
     ]
     columns += [f"{label} (%)" for label in improved]
     table = Table(
+        banner=ctx.banner,
         name=STEM,
         title=f"{model_label} on {data_label}: accuracy vs privacy budget, reproduced and published",
         columns=columns,
@@ -126,8 +126,8 @@ def render(ctx: Context) -> Section:
     if stand_in:
         table.notes.insert(
             0,
-            f"No main-study run of {pub.curve_model}: the reproduced series is the configurable SmoothNet "
-            f"{stand_in}, a different network; Δ vs published is not computed.",
+            f"No main-study run of {pub.curve_model}: the reproduced series is {stand_in} (the configurable "
+            f"SmoothNet), a different network; Δ vs published is not computed.",
         )
 
     # ---- figure ----
@@ -165,7 +165,8 @@ def render(ctx: Context) -> Section:
                 linewidths=0,
             )
     else:
-        ax.text(0.02, 0.04, "no reproduced runs yet", transform=ax.transAxes, fontsize=8, color="#555555")
+        missing_text = f"no paper-recipe run of {model_label} yet" if improved else "no reproduced runs yet"
+        ax.text(0.02, 0.04, missing_text, transform=ax.transAxes, fontsize=8, color="#555555")
     if non_private:
         ax.axhline(
             non_private.mean,
@@ -208,7 +209,13 @@ def render(ctx: Context) -> Section:
     ax.set_ylim(max(0.0, min(values) - 5), min(100.0, max(values) + 4))
     all_eps = [e for e in epsilons] + [e.number.epsilon for e in literature]
     ax.set_xlim(0, max(all_eps) + 0.8)
-    ax.set_xlabel(f"privacy budget ε (δ = {pub.curve[0][1].delta:g}; target ε of the reproduced runs)")
+    pub_delta = pub.curve[0][1].delta
+    shown = private + [r for series in improved.values() for s in series.values() for r in s.runs]
+    run_deltas = sorted({r.record["privacy"]["delta"] for r in shown} - {None})
+    deltas = f"δ = {pub_delta:g}"
+    if run_deltas and run_deltas != [pub_delta]:
+        deltas = f"published δ = {pub_delta:g}, reproduced runs δ = {', '.join(f'{d:g}' for d in run_deltas)}"
+    ax.set_xlabel(f"privacy budget ε ({deltas}; target ε of the reproduced runs)")
     ax.set_ylabel(f"{data_label} accuracy (%)")
     handles, labels = ax.get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: _legend_rank(labels[i]))

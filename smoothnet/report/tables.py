@@ -57,10 +57,16 @@ class Table:
     rows: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     align: str | None = None  # LaTeX column spec; default: first column left, the rest right
+    banner: str | None = None  # "QUICK PROFILE — not a result" for records that are not results
+
+    @property
+    def heading(self) -> str:
+        """The title, led by the banner when there is one."""
+        return f"{self.banner}: {self.title}" if self.banner else self.title
 
     def to_markdown(self) -> str:
         """GitHub Markdown: bold title line, the table, then the notes as a list."""
-        lines = [f"**{self.title}**", ""]
+        lines = [f"**{self.heading}**", ""]
         lines.append("| " + " | ".join(self.columns) + " |")
         spec = self.align or ("l" + "r" * (len(self.columns) - 1))
         lines.append("|" + "|".join(":---" if a == "l" else "---:" for a in spec) + "|")
@@ -81,7 +87,7 @@ class Table:
             "\\begin{table}[t]",
             "\\centering",
             "\\footnotesize",
-            f"\\caption{{{latex_escape(self.title)}}}",
+            f"\\caption{{{latex_escape(self.heading)}}}",
             f"\\label{{tab:{self.name}}}",
             f"\\begin{{tabular}}{{{align}}}",
             "\\toprule",

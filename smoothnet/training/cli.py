@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 HELP = "Train one run from params.yaml with DP-SGD (or without privacy) and write its run record."
@@ -33,7 +34,43 @@ def run_profile(params: dict, study: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Resolve the run's params, validate them, train, print where the record went."""
+    """Train; expected mistakes end in one line naming the run or key and the fix, exit code 2."""
+    from smoothnet.params import ParamsError
+    from smoothnet.training.config import ConfigError
+
+    checkpoint_dir = Path(args.checkpoints) / args.run_id
+    try:
+        return _train(args)
+    except (ParamsError, ConfigError, MissingDataError) as exc:
+        print(f"smoothnet train: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        if "privacy budget is too low" not in str(exc):  # Opacus' noise search found no sigma
+            raise
+        print(
+            f"smoothnet train: error: run {args.run_id!r}: target_epsilon is too small for Opacus' noise "
+            f"search with this delta, sample rate and number of epochs ({exc}); raise runs.{args.run_id}"
+            f".target_epsilon, or train fewer epochs or with a smaller logical batch",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        last = checkpoint_dir / "last.pt"
+        kept = (
+            f"the checkpoint {last} (last completed epoch) is kept; run the same command (or dvc repro) "
+            f"to resume from it"
+            if last.exists()
+            else "no epoch had completed, so there is no checkpoint to resume from"
+        )
+        print(f"\nsmoothnet train: interrupted: {kept}", file=sys.stderr)
+        return 130
+
+
+class MissingDataError(RuntimeError):
+    """The prepared dataset a run needs is absent."""
+
+
+def _train(args: argparse.Namespace) -> int:
     from smoothnet.params import load_params, resolve_run, stage_name
     from smoothnet.training.config import TrainConfig
     from smoothnet.training.environment import pick_device
@@ -50,9 +87,9 @@ def main(args: argparse.Namespace) -> int:
         repo_root=Path(args.params).resolve().parent,
     )
     if not (paths.data_dir / "manifest.json").exists():
-        raise SystemExit(
+        raise MissingDataError(
             f"prepared dataset not found at {paths.data_dir}; run `dvc repro prepare@{config.dataset}` "
-            f"(or `smoothnet prepare --dataset {config.dataset}`) first"
+            f"(or `smoothnet prepare --dataset {config.dataset} --out {paths.data_dir}`) first"
         )
     record = train(
         config,

@@ -7,6 +7,7 @@ message naming the ``params.yaml`` key and its valid range.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import math
 import types
@@ -73,8 +74,12 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(resolved) - names)
         if unknown:
+            close = {key: difflib.get_close_matches(key, sorted(names), n=1) for key in unknown}
+            hints = ", ".join(
+                f"{key!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for key, c in close.items()
+            )
             raise ConfigError(
-                f"run {resolved.get('run_id')!r}: unknown training key(s) {unknown}; valid keys: {sorted(names)}"
+                f"run {resolved.get('run_id')!r}: unknown training key(s) {hints}; valid keys: {sorted(names)}"
             )
         for required in ("run_id", "dataset", "model"):
             if not resolved.get(required):

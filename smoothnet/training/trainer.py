@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from tqdm.auto import tqdm
 
+from smoothnet.closure import REPO_ROOT, import_closure
 from smoothnet.models import build_model, count_parameters
 from smoothnet.privacy.accounting import compute_epsilon, noise_for_target, opacus_sample_rate
 from smoothnet.privacy.dp_statistics import StatisticsRelease, composed_privacy_record, fit_statistics
@@ -45,6 +45,7 @@ from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.distributed import DistributedContext, init_distributed, rank_device, sampling_seed
 from smoothnet.training.dp import OPACUS_MODES, PrivateSetup, RandomStreams, make_private, random_streams
 from smoothnet.training.environment import device_name, git_state, library_versions
+from smoothnet.training.progress import batch_progress, format_duration
 from smoothnet.training.runlock import hold_run_lock
 from smoothnet.training.schedules import Schedule
 
@@ -87,15 +88,40 @@ class RunState:
     examples_seen: int = 0
 
 
-def config_fingerprint(config: TrainConfig) -> str:
-    """Hash of the run's configuration and of the package's code: a checkpoint only resumes the run, and the
-    code version, that wrote it (a fixed bug must not be resumed past)."""
+# What determines training: the trainer's import closure (smoothnet.closure), not the whole package, so a
+# fix to a report caption or a help string does not make a half-trained run start over.
+TRAINING_CODE = "smoothnet.training.trainer"
+CODE_ROOT = REPO_ROOT  # tests point it at a copy of the package
+
+
+def code_digests() -> dict[str, str]:
+    """SHA-256 of each file of the training code (the import closure of the trainer), by repo path."""
+    return {
+        path: hashlib.sha256((CODE_ROOT / path).read_bytes()).hexdigest()
+        for path in import_closure(TRAINING_CODE, root=CODE_ROOT)
+    }
+
+
+def config_fingerprint(config: TrainConfig, code: dict[str, str] | None = None) -> str:
+    """Hash of the run's configuration and of the training code (:func:`code_digests`): a checkpoint only
+    resumes the run, and the code version, that wrote it (a fixed bug must not be resumed past)."""
     digest = hashlib.sha256(json.dumps(config.to_params(), sort_keys=True).encode())
-    package = Path(__file__).resolve().parents[1]
-    for source in sorted(package.rglob("*.py")):
-        digest.update(source.relative_to(package).as_posix().encode())
-        digest.update(source.read_bytes())
+    for path, file_digest in sorted((code_digests() if code is None else code).items()):
+        digest.update(f"{path}\0{file_digest}\0".encode())
     return digest.hexdigest()
+
+
+def _stale_reason(checkpoint: dict[str, Any], config: TrainConfig) -> str:
+    """Why a checkpoint cannot be resumed: the training files that changed, else the parameters."""
+    old = checkpoint.get("code_digests")
+    if not isinstance(old, dict):
+        return "it predates the current checkpoint format"
+    now = code_digests()
+    changed = sorted(path for path in set(old) | set(now) if old.get(path) != now.get(path))
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        return f"the training code changed since it was written ({shown})"
+    return "the run's parameters changed since it was written"
 
 
 def train(config: TrainConfig, paths: RunPaths, **options: Any) -> dict[str, Any]:
@@ -154,7 +180,7 @@ def _train(
         profile: "paper", "improved" or "quick" (labels the record).
         stage: the DVC stage name recorded (default ``train@<run_id>``).
         device: defaults to CUDA when available.
-        progress: show tqdm bars.
+        progress: show progress (a bar per epoch on a terminal, plain lines in a log) and a line per epoch.
         on_epoch_end: called with the completed epoch number after its checkpoint is written.
     """
     from smoothnet.data import load_prepared
@@ -183,8 +209,8 @@ def _train(
         if context.is_main:
             stale = set_aside_checkpoint(paths.checkpoint_dir)
             print(
-                f"[{config.run_id}] parameters changed since the last checkpoint; starting over "
-                f"(old one kept as {stale})"
+                f"[{config.run_id}] not resuming the checkpoint: {_stale_reason(checkpoint, config)}; "
+                f"starting over (old one kept as {stale})"
             )
         checkpoint = None
     if checkpoint is not None:
@@ -193,6 +219,7 @@ def _train(
             print(f"[{config.run_id}] resuming after epoch {state.epoch} of {config.epochs}")
     live = _open_live(paths.run_dir, state.history) if context.is_main else None
 
+    session_start, session_first_epoch = time.perf_counter(), state.epoch
     while state.epoch < config.epochs:
         started = time.perf_counter()
         if hasattr(run.train_loader.sampler, "set_epoch"):
@@ -212,7 +239,10 @@ def _train(
             save_checkpoint(paths.checkpoint_dir, checkpoint_state)  # first: a full disk must not lose it
             _log_live(live, metrics)
             if progress:
-                print(_epoch_line(config, metrics))
+                elapsed = time.perf_counter() - session_start
+                per_epoch = elapsed / (state.epoch - session_first_epoch)
+                remaining = per_epoch * (config.epochs - state.epoch)
+                print(_epoch_line(config, metrics, elapsed, remaining), flush=True)
         _barrier(context)
         if on_epoch_end is not None:
             on_epoch_end(state.epoch)
@@ -503,12 +533,8 @@ def _train_one_epoch(
     k = max(config.augmentation_multiplicity, 1)
     total_loss, correct, seen = 0.0, 0.0, 0
     with _physical_batches(config, run) as batches:
-        bar = tqdm(
-            batches,
-            desc=f"{config.run_id} epoch {state.epoch + 1}/{config.epochs}",
-            leave=False,
-            disable=not progress,
-            unit="batch",
+        bar = batch_progress(
+            batches, desc=f"[{config.run_id}] epoch {state.epoch + 1}/{config.epochs}", enabled=progress
         )
         for x, y in bar:
             if len(y) == 0:
@@ -668,6 +694,7 @@ def _checkpoint_state(
         torch.distributed.all_gather_object(rng_by_rank, own)
     return {
         "config_fingerprint": config_fingerprint(config),
+        "code_digests": code_digests(),
         "module": run.module.state_dict(),
         "full_model": run.full_model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -731,7 +758,7 @@ def _log_live(live, metrics: dict[str, Any]) -> None:
     live.next_step()
 
 
-def _epoch_line(config: TrainConfig, metrics: dict[str, Any]) -> str:
+def _epoch_line(config: TrainConfig, metrics: dict[str, Any], elapsed: float, remaining: float) -> str:
     eps = metrics.get("epsilon")
     parts = [f"[{config.run_id}] epoch {metrics['epoch']}/{config.epochs}"]
     if "train_loss" in metrics:
@@ -740,7 +767,8 @@ def _epoch_line(config: TrainConfig, metrics: dict[str, Any]) -> str:
         if f"{split}_accuracy" in metrics:
             parts.append(f"{split} {100 * metrics[f'{split}_accuracy']:.2f}%")
     if eps is not None:
-        parts.append(f"eps {eps:.3f}")
+        parts.append(f"eps {eps:.3f} so far")
+    parts.append(f"{format_duration(elapsed)} elapsed, ~{format_duration(remaining)} left")
     return "  ".join(parts)
 
 

@@ -240,7 +240,7 @@ class ClippedGradientModule(nn.Module):
             if layer.captures:
                 self._per_example(sub, layer, k)
             for gs in layer.grad_samples.values():
-                norm_sq += gs.pow(2).sum(tuple(range(1, gs.dim())))
+                norm_sq += _row_sq_norms(gs)
             if layer.norm_sq is not None:
                 norm_sq += layer.norm_sq
         norms = norm_sq.sqrt()
@@ -250,7 +250,7 @@ class ClippedGradientModule(nn.Module):
             for name, p in own.items():
                 if name in layer.grad_samples:
                     gs = layer.grad_samples[name]
-                    _accumulate(p, (gs * clip.view(-1, *[1] * (gs.dim() - 1)).to(gs.dtype)).sum(0))
+                    _accumulate(p, _clipped_sum(gs, clip))
             for x, go in layer.ghost:
                 self._ghost_sum(sub, own, x, go, clip.repeat_interleave(k))
             for p in own.values():
@@ -363,6 +363,17 @@ class ClippedGradientModule(nn.Module):
 def _acc(t: Tensor) -> Tensor:
     """``t`` in the accumulation precision: half precision is raised to float32, float64 kept."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _row_sq_norms(gs: Tensor) -> Tensor:
+    """Squared norm of each example's gradient, gs: (examples, ...). One fused reduction: no squared copy
+    of the per-example gradients (that copy and its sum were ~40 % of a CPU DP step of small CNNs)."""
+    return torch.linalg.vector_norm(gs, dim=tuple(range(1, gs.dim()))).square()
+
+
+def _clipped_sum(gs: Tensor, clip: Tensor) -> Tensor:
+    """sum_i clip[i] * gs[i] as one matrix-vector product, without a scaled copy of the per-example gradients."""
+    return torch.tensordot(clip.to(gs.dtype), gs, dims=1)
 
 
 def _accumulate(p: nn.Parameter, grad: Tensor) -> None:

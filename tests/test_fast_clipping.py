@@ -75,7 +75,7 @@ def test_every_model_and_method_matches_per_example_loop(name):
     c = ref[0].median().item()  # some examples clipped, some not
     ref = _reference(model, x, y, c=c)
     for method in METHODS:
-        for conv in ("loop", "grouped", "unfold"):
+        for conv in ("loop", "grouped", "unfold", "taps"):
             try:
                 _assert_close(_ours(model, x, y, c, method, conv=conv), ref)
             except AssertionError as error:
@@ -131,7 +131,7 @@ def test_random_conv_nets_match_loop(
     _assert_close(_ours(model, x, y, c, method, k, conv), _reference(model, x, y, c, k))
 
 
-@pytest.mark.parametrize("conv", ["loop", "grouped", "unfold"])
+@pytest.mark.parametrize("conv", ["loop", "grouped", "unfold", "taps", "tune"])
 @pytest.mark.parametrize("method", METHODS)
 def test_each_contribution_is_bounded_by_c(method, conv):
     torch.manual_seed(2)
@@ -146,7 +146,7 @@ def test_each_contribution_is_bounded_by_c(method, conv):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("conv", ["loop", "grouped", "unfold"])
+@pytest.mark.parametrize("conv", ["loop", "grouped", "unfold", "taps"])
 @pytest.mark.parametrize("method", METHODS)
 def test_contribution_bounded_by_c_under_bf16_autocast(method, conv, channels_last):
     """Half-precision activations and output gradients: norms and clipped sums must come from the same
@@ -192,7 +192,7 @@ def test_conv1d_conv3d_padding_modes_and_dilation_match_loop(dims, padding_mode)
     c = _reference(model, x, y, 1.0)[0].median().item()
     ref = _reference(model, x, y, c, k=2)
     for method in METHODS:
-        for rule in ("loop", "grouped", "unfold"):
+        for rule in ("loop", "grouped", "unfold", "taps", "tune"):
             try:
                 _assert_close(_ours(model, x, y, c, method, k=2, conv=rule), ref)
             except AssertionError as error:
@@ -359,3 +359,22 @@ def test_parse_method():
             parse_method(bad)
     with pytest.raises(ValueError, match="conv_per_example"):
         ClippedGradientModule(nn.Linear(2, 2), 1.0, conv_per_example="im2col")
+
+
+def test_tune_keeps_the_fastest_rule_per_convolution_and_matches_the_loop():
+    # Strides, dilation and K=2 rows per example: every per-layer rule gives the loop's numbers, and the
+    # rule "tune" measured on the first backward is kept for later steps.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=2, dilation=2), nn.Tanh(), nn.Conv2d(4, 5, 2, padding=1),
+        nn.Flatten(), nn.Linear(5 * 5 * 5, 3),
+    ).double()  # fmt: skip
+    x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 3, (4,))
+    ref = _reference(model, x, y, c=0.3, k=2)
+    wrapped = ClippedGradientModule(model, 0.3, "materialize", conv_per_example="tune")
+    for _ in range(2):
+        model.zero_grad(set_to_none=True)
+        norms = wrapped.clipped_backward(_loss(wrapped(x), y), group_size=2)
+        _assert_close((norms, {n: p.grad for n, p in model.named_parameters()}), ref)
+    rules = wrapped.conv_rules()
+    assert set(rules) == {"0", "2"} and set(rules.values()) <= {"loop", "grouped", "unfold", "taps"}

@@ -302,8 +302,9 @@ def _load_average() -> str:
 
 def autotune_case(label: str, name: str, options: dict, batch: int, args, device: torch.device) -> list[dict]:
     """One model at its training batch: the trainer's autotune, then the non-private step, the table's
-    choice and every timed candidate re-timed in THIS process, interleaved (``args.repeats`` rounds), so
-    ratios hold under a changing load. Rows carry the load average before and after."""
+    choice and every timed candidate re-timed in THIS process, interleaved (``args.repeats`` rounds), each
+    step's time its CPU time at one torch thread (else wall time), so ratios hold under other processes'
+    load. Rows carry the clock and the load average before and after."""
     from smoothnet.privacy import method_select
 
     load_before = _load_average()
@@ -338,15 +339,16 @@ def autotune_case(label: str, name: str, options: dict, batch: int, args, device
         )
         step(x, y)  # warm-up
         steps[method] = (step, [])
+    clock = method_select.step_clock(device)  # CPU time at one thread: ratios robust to others' load
     for _ in range(args.repeats):
         for step, times in steps.values():
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = clock()
             step(x, y)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     best = {m: min(t) for m, (_, t) in steps.items()}
     plain = best["nonprivate"]
     fastest_dp = min(v for m, v in best.items() if m != "nonprivate")
@@ -361,7 +363,7 @@ def autotune_case(label: str, name: str, options: dict, batch: int, args, device
                 "vs_fastest_dp": step_s / fastest_dp, "autotune_choice": method == choice.method,
                 "table_choice": method == table, "autotune_s": tune_s,
                 "autotune_dropped": choice.dropped, "autotune_failed": choice.failed,
-                "load_before": load_before, "load_after": load_after,
+                "load_before": load_before, "load_after": load_after, "clock": clock.__name__,
             }
         )  # fmt: skip
     return rows

@@ -138,6 +138,7 @@ class MethodChoice:
     dropped: dict[str, float] = field(default_factory=dict)
     batch: int | None = None
     device: str | None = None
+    clock: str | None = None  # "process_time" (CPU, one thread) or "perf_counter"
 
     def to_record(self) -> dict:
         """A JSON-ready dict (``from_record`` reads it back)."""
@@ -208,7 +209,7 @@ def autotune(
     max_grad_norm: float = 1.0,
     rounds: int = 2,
     drop_factor: float = 3.0,
-    timer=time.perf_counter,
+    timer=None,
 ) -> MethodChoice:
     """Time each of ``methods`` on copies of ``module`` (its device and memory format kept) and choose the
     fastest: the cuDNN-benchmark idea applied to per-sample gradients.
@@ -218,7 +219,13 @@ def autotune(
     ``drop_factor`` times the fastest warm-up so far is not timed further (bounded tuning cost). Inputs
     are standard-normal noise of the run's shape from a private generator, labels class 0: no training
     example is touched and the global random streams are left as they were. ``module`` is not changed.
+
+    Clock (``timer`` None): on a CPU with one torch thread the process' CPU time, which other processes'
+    load hardly moves (on a shared 2-core machine wall time swung 3x between identical steps); else wall
+    time, synchronised on CUDA.
     """
+    if timer is None:
+        timer = step_clock(device)
     if not methods:
         raise ValueError("autotune needs at least one candidate method")
     channels_last = any(
@@ -270,7 +277,14 @@ def autotune(
         dropped=dropped,
         batch=batch,
         device=device.type,
+        clock=getattr(timer, "__name__", None),
     )
+
+
+def step_clock(device: torch.device):
+    """``time.process_time`` on a CPU with one torch thread (robust to other processes' load), else
+    ``time.perf_counter``."""
+    return time.process_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
 
 
 def _sync(device: torch.device) -> None:

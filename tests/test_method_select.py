@@ -90,6 +90,14 @@ def test_real_autotune_leaves_model_and_random_streams_untouched():
     assert set(choice.timings_s) | set(choice.dropped) | set(choice.failed) == set(CANDIDATES["cpu"])
 
 
+def test_autotune_skips_methods_whose_per_example_gradients_would_not_fit():
+    model = _net().float()  # 617 parameters * 8 examples * 4 bytes = 19.7 kB of per-example gradients
+    choice = autotune(model, (3, 16, 16), 8, torch.device("cpu"), ("fast:auto", "fast:materialize", "hooks"),
+                      rounds=1, max_materialized_bytes=10_000)  # fmt: skip
+    assert choice.method == "fast:auto" and set(choice.timings_s) == {"fast:auto"}
+    assert set(choice.failed) == {"fast:materialize", "hooks"} and "GiB" in choice.failed["hooks"]
+
+
 def test_candidates_leave_out_opacus_where_only_our_module_is_correct():
     assert "hooks" in candidates("cpu")
     assert "hooks" not in candidates("cpu", ours_only=True)

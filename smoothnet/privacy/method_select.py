@@ -210,6 +210,7 @@ def autotune(
     rounds: int = 2,
     drop_factor: float = 3.0,
     timer=None,
+    max_materialized_bytes: int = 4 * 2**30,
 ) -> MethodChoice:
     """Time each of ``methods`` on copies of ``module`` (its device and memory format kept) and choose the
     fastest: the cuDNN-benchmark idea applied to per-sample gradients.
@@ -219,6 +220,10 @@ def autotune(
     ``drop_factor`` times the fastest warm-up so far is not timed further (bounded tuning cost). Inputs
     are standard-normal noise of the run's shape from a private generator, labels class 0: no training
     example is touched and the global random streams are left as they were. ``module`` is not changed.
+
+    Methods that hold every example's full gradient (``fast:materialize``, Opacus' modes) are skipped
+    (listed under ``failed``) where that alone would exceed ``max_materialized_bytes`` (e.g. the ScatterNet
+    + linear head at batch 8192: 5 GiB): the timing would set the run's peak memory.
 
     Clock (``timer`` None): on a CPU with one torch thread the process' CPU time, which other processes'
     load hardly moves (on a shared 2-core machine wall time swung 3x between identical steps); else wall
@@ -246,9 +251,13 @@ def autotune(
         return timer() - start
 
     steps, times, failed, dropped = {}, {}, {}, {}
+    materialized = batch * sum(p.numel() for p in module.parameters() if p.requires_grad) * 4
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         for method in methods:
+            if materialized > max_materialized_bytes and (method in OPACUS_MODES or "materialize" in method):
+                failed[method] = f"skipped: per-example gradients would take {materialized / 2**30:.1f} GiB"
+                continue
             try:
                 step = training_step(copy.deepcopy(module), method, batch, max_grad_norm)
                 warm = timed(step)

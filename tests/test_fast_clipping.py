@@ -75,7 +75,7 @@ def test_every_model_and_method_matches_per_example_loop(name):
     c = ref[0].median().item()  # some examples clipped, some not
     ref = _reference(model, x, y, c=c)
     for method in METHODS:
-        for conv in ("loop", "grouped", "unfold", "taps"):
+        for conv in ("loop", "grouped", "unfold"):
             try:
                 _assert_close(_ours(model, x, y, c, method, conv=conv), ref)
             except AssertionError as error:
@@ -131,7 +131,7 @@ def test_random_conv_nets_match_loop(
     _assert_close(_ours(model, x, y, c, method, k, conv), _reference(model, x, y, c, k))
 
 
-@pytest.mark.parametrize("conv", ["loop", "grouped", "unfold", "taps", "tune"])
+@pytest.mark.parametrize("conv", ["loop", "grouped", "unfold", "tune"])
 @pytest.mark.parametrize("method", METHODS)
 def test_each_contribution_is_bounded_by_c(method, conv):
     torch.manual_seed(2)
@@ -146,7 +146,7 @@ def test_each_contribution_is_bounded_by_c(method, conv):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("conv", ["loop", "grouped", "unfold", "taps"])
+@pytest.mark.parametrize("conv", ["loop", "grouped", "unfold"])
 @pytest.mark.parametrize("method", METHODS)
 def test_contribution_bounded_by_c_under_bf16_autocast(method, conv, channels_last):
     """Half-precision activations and output gradients: norms and clipped sums must come from the same
@@ -192,7 +192,7 @@ def test_conv1d_conv3d_padding_modes_and_dilation_match_loop(dims, padding_mode)
     c = _reference(model, x, y, 1.0)[0].median().item()
     ref = _reference(model, x, y, c, k=2)
     for method in METHODS:
-        for rule in ("loop", "grouped", "unfold", "taps", "tune"):
+        for rule in ("loop", "grouped", "unfold", "tune"):
             try:
                 _assert_close(_ours(model, x, y, c, method, k=2, conv=rule), ref)
             except AssertionError as error:
@@ -377,4 +377,4 @@ def test_tune_keeps_the_fastest_rule_per_convolution_and_matches_the_loop():
         norms = wrapped.clipped_backward(_loss(wrapped(x), y), group_size=2)
         _assert_close((norms, {n: p.grad for n, p in model.named_parameters()}), ref)
     rules = wrapped.conv_rules()
-    assert set(rules) == {"0", "2"} and set(rules.values()) <= {"loop", "grouped", "unfold", "taps"}
+    assert set(rules) == {"0", "2"} and set(rules.values()) <= {"loop", "grouped", "unfold"}

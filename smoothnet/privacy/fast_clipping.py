@@ -14,9 +14,7 @@ gradient norms and, once the clip factors are known, its clipped summed gradient
   ``groups * batch`` groups over the batch folded into channels, Rochette et al. 2019: on CUDA a
   single cuDNN kernel instead of ``batch`` small launches) or ``unfold`` (im2col of the input, then
   one batched matrix product per layer, as Opacus' hooks do: memory batch x C_in k^2 x positions;
-  grouped convolutions fall back to ``grouped``) or ``taps`` (Conv2d: one batched matrix product per
-  kernel tap over the shifted channels-last input, no im2col buffer; others fall back to ``grouped``);
-  ``auto`` picks ``loop`` on CPU and ``grouped`` elsewhere; ``tune`` times every rule once per layer on
+  grouped convolutions fall back to ``grouped``); ``auto`` picks ``loop`` on CPU and ``grouped`` elsewhere; ``tune`` times every rule once per layer on
   the first backward and keeps each layer's fastest (``conv_rules()``). After the per-example gradients,
   their norms and the clipped sum are one fused reduction and one matrix-vector product each.
 - ``ghost``: norms from Gram matrices (cost ~ B T^2 (d + p), T spatial positions; for a Linear layer
@@ -45,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 METHODS = ("auto", "ghost", "materialize")
-CONV_PER_EXAMPLE = ("auto", "loop", "grouped", "unfold", "taps", "tune")
+CONV_PER_EXAMPLE = ("auto", "loop", "grouped", "unfold", "tune")
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.GroupNorm, nn.LayerNorm)
 _EPS = 1e-6  # Opacus' clip factor: C / (norm + 1e-6), at most 1
@@ -456,7 +454,7 @@ def _conv_weight_grad_per_example(conv, x: Tensor, go: Tensor, k: int) -> Tensor
     return grad.reshape(examples, *weight.shape)
 
 
-CONV_RULES = ("loop", "grouped", "unfold", "taps")  # what conv_per_example="tune" times per layer
+CONV_RULES = ("loop", "grouped", "unfold")  # what conv_per_example="tune" times per layer
 
 
 def _conv_samples(impl: str, conv, x: Tensor, go: Tensor, k: int) -> Tensor:
@@ -469,9 +467,7 @@ def _conv_samples(impl: str, conv, x: Tensor, go: Tensor, k: int) -> Tensor:
         if k > 1:
             grads = grads.view(rows // k, k, *grads.shape[1:]).sum(1)
         return grads.view(rows // k, *conv.weight.shape)
-    if impl == "taps" and conv.groups == 1 and type(conv) is nn.Conv2d:
-        return _conv_taps_per_example(conv, x, go, k)
-    if impl in ("grouped", "unfold", "taps"):
+    if impl in ("grouped", "unfold"):
         return _conv_weight_grad_per_example(conv, x, go, k)
     samples = None
     for i in range(rows // k):
@@ -499,26 +495,6 @@ def _fastest_conv_rule(conv, x: Tensor, go: Tensor, k: int) -> tuple[str, Tensor
             best = (took, rule, samples)
         del samples
     return best[1], best[2]
-
-
-def _conv_taps_per_example(conv, x: Tensor, go: Tensor, k: int) -> Tensor:
-    """Per-example weight gradients of a Conv2d (groups 1): per kernel tap (a, b) ONE batched matrix product
-    of the output gradient (examples, C_out, k*T) with the shifted channels-last input (examples, k*T, C_in).
-    No im2col buffer, no per-example call: fastest on CPU for late layers (few positions, many channels)."""
-    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
-    ph, pw = _conv_padding(conv)
-    rows, cin = x.shape[:2]
-    cout, ho, wo = go.shape[1:]
-    examples = rows // k
-    dtype = _acc(go).dtype
-    xs = F.pad(x.to(dtype), (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # (rows, Hp, Wp, C_in)
-    g = _acc(go).permute(0, 2, 3, 1).reshape(examples, k * ho * wo, cout).transpose(1, 2)
-    out = torch.empty((examples, cout, cin, kh, kw), dtype=dtype, device=x.device)
-    for a in range(kh):
-        for b in range(kw):
-            tap = xs[:, a * dh : a * dh + sh * (ho - 1) + 1 : sh, b * dw : b * dw + sw * (wo - 1) + 1 : sw]
-            out[:, :, :, a, b] = torch.bmm(g, tap.reshape(examples, k * ho * wo, cin))
-    return out
 
 
 def _unfold(conv, x: Tensor) -> Tensor:

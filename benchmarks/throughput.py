@@ -270,6 +270,124 @@ def scatter_epoch(args, device: torch.device) -> list[dict]:
     return rows
 
 
+# The networks the CPU reproductions train, at their physical batch (params.yaml), and one the package has
+# never seen (Opacus' CIFAR-10 example network, batch 500): (label, model, model_options, batch).
+REPRO_CASES = [
+    ("tramer_boneh_cnn", "tramer_boneh_cnn", {}, 1024),
+    ("papernot_tempered_sigmoid_cnn", "papernot_tempered_sigmoid_cnn", {}, 1024),
+    ("scatternet_cnn (on features)", "scatternet_cnn", {}, 1024),
+    ("smoothnet_w10d10", "smoothnet", {"width": 1.0, "depth": 1.0}, 128),
+    ("smoothnet_w10d20", "smoothnet", {"width": 1.0, "depth": 2.0}, 128),
+    ("opacus_example_cnn (unseen)", "opacus_example_cnn", {}, 500),
+    ("smoothnet_w80d50", "smoothnet_w80d50", {}, 16),
+]
+
+
+def opacus_example_cnn() -> nn.Module:
+    """The network of Opacus' CIFAR-10 example (examples/cifar10.py, ``convnet``): not in the registry."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2, 2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2, 2),
+        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2, 2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
+        nn.Linear(128, 10),
+    )  # fmt: skip
+
+
+def _load_average() -> str:
+    """The 1/5/15-minute load averages (``uptime``); "-" where /proc is absent."""
+    path = Path("/proc/loadavg")
+    return " ".join(path.read_text().split()[:3]) if path.exists() else "-"
+
+
+def autotune_case(label: str, name: str, options: dict, batch: int, args, device: torch.device) -> list[dict]:
+    """One model at its training batch: the trainer's autotune, then the non-private step, the table's
+    choice and every timed candidate re-timed in THIS process, interleaved (``args.repeats`` rounds), each
+    step's time its CPU time at one torch thread (else wall time), so ratios hold under other processes'
+    load. Rows carry the clock and the load average before and after."""
+    from smoothnet.privacy import method_select
+
+    load_before = _load_average()
+    torch.manual_seed(0)
+    model = opacus_example_cnn() if name == "opacus_example_cnn" else build_model(name, 10, 32, **options)
+    model = model.to(device)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    if hasattr(model, "frozen_frontend"):
+        with torch.no_grad():
+            x = model.frozen_frontend(x)
+        model = model.head
+    y = torch.randint(0, 10, (batch,), device=device)
+    started = time.perf_counter()
+    choice = method_select.autotune(
+        model, tuple(x.shape[1:]), batch, device, method_select.candidates(device.type), rounds=1
+    )
+    tune_s = time.perf_counter() - started
+    table = "fast:" + method_select.choose_method(name, device.type, 32)
+    table = (
+        table.removeprefix("fast:") if table.removeprefix("fast:") in method_select.OPACUS_MODES else table
+    )
+    methods = ["nonprivate", *choice.timings_s]
+    if table not in methods:
+        methods.append(table)
+    steps = {}
+    for method in methods:
+        copy_ = copy.deepcopy(model)
+        step = (
+            make_step(copy_, "nonprivate", batch)
+            if method == "nonprivate"
+            else method_select.training_step(copy_, method, batch, CLIP)
+        )
+        step(x, y)  # warm-up
+        steps[method] = (step, [])
+    clock = method_select.step_clock(device)  # CPU time at one thread: ratios robust to others' load
+    for _ in range(args.repeats):
+        for step, times in steps.values():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = clock()
+            step(x, y)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(clock() - start)
+    best = {m: min(t) for m, (_, t) in steps.items()}
+    plain = best["nonprivate"]
+    fastest_dp = min(v for m, v in best.items() if m != "nonprivate")
+    load_after = _load_average()
+    rows = []
+    for method, step_s in best.items():
+        rows.append(
+            {
+                "model": label, "batch": batch, "method": method, "step_s": step_s,
+                "images_per_s": batch / step_s, "time_vs_nonprivate": step_s / plain,
+                "speed_vs_hooks": best["hooks"] / step_s if "hooks" in best else None,
+                "vs_fastest_dp": step_s / fastest_dp, "autotune_choice": method == choice.method,
+                "table_choice": method == table, "autotune_s": tune_s,
+                "autotune_dropped": choice.dropped, "autotune_failed": choice.failed,
+                "load_before": load_before, "load_after": load_after, "clock": clock.__name__,
+            }
+        )  # fmt: skip
+    return rows
+
+
+def autotune_markdown(rows: list[dict]) -> str:
+    """The autotune table: per model, every method's step time relative to the non-private one."""
+    lines = [
+        "| model (batch) | method | step s | DP / non-private | speed / Opacus hooks | / fastest DP | chosen by"
+        " | load (1/5/15 min) before -> after |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        chosen = " + ".join(
+            n for n, flag in (("autotune", r["autotune_choice"]), ("table", r["table_choice"])) if flag
+        )
+        hooks = f"{r['speed_vs_hooks']:.2f}x" if r["speed_vs_hooks"] else "-"
+        lines.append(
+            f"| {r['model']} ({r['batch']}) | {r['method']} | {r['step_s']:.3f} | {r['time_vs_nonprivate']:.2f}x"
+            f" | {hooks} | {r['vs_fastest_dp']:.2f}x | {chosen} | {r['load_before']} -> {r['load_after']} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=PAPER_MODELS)
@@ -296,6 +414,15 @@ def main(argv=None) -> int:
     parser.add_argument("--scatter-batch", type=int, default=8192)
     parser.add_argument("--scatter-steps", type=int, default=1, help="steps timed for the slow Opacus modes")
     parser.add_argument("--scatter-methods", nargs="+", default=["nonprivate", "ours_auto", "ghost", "hooks"])
+    parser.add_argument(
+        "--autotune",
+        action="store_true",
+        help="the CPU reproductions' models at their training batch: autotune, then every candidate, the "
+        "table's choice and the non-private step re-timed interleaved in one process",
+    )
+    parser.add_argument(
+        "--cases", nargs="+", default=None, help="REPRO_CASES to run, in this order (default all)"
+    )
     parser.add_argument("--single", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = parser.parse_args(argv)
@@ -315,7 +442,18 @@ def main(argv=None) -> int:
     if args.single:
         print(json.dumps(measure(*args.single, args, device)))
         return 0
-    if args.scatter_epoch:
+    if args.autotune:
+        machine["load_start"] = _load_average()
+        rows = []
+        by_name = {case[0].split()[0]: case for case in REPRO_CASES}
+        for key in args.cases or by_name:
+            if key not in by_name:
+                parser.error(f"--cases: unknown {key!r}; choose from {list(by_name)}")
+            rows += autotune_case(*by_name[key], args, device)
+            print(json.dumps(rows[-1]), flush=True)
+            _write(args.out, machine, rows)
+        print(autotune_markdown(rows))
+    elif args.scatter_epoch:
         rows = scatter_epoch(args, device)
     else:
         methods = args.methods or [m for base in METHODS for m in (base, base + "_cl")]

@@ -78,3 +78,23 @@ def test_the_gpu_correctness_check_runs_and_passes_on_cpu(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert {r["method"] for r in rows} >= {"materialize+unfold", "auto+unfold bf16 channels-last"}
     assert all(r["ok"] for r in rows)
+
+
+def test_autotune_table_times_every_candidate_beside_the_non_private_step():
+    import argparse
+
+    torch.set_num_threads(1)
+    rows = throughput.autotune_case(
+        "tiny",
+        "smoothnet",
+        {"width": 0.5, "depth": 1.0},
+        4,
+        argparse.Namespace(repeats=1),
+        torch.device("cpu"),
+    )
+    methods = {r["method"] for r in rows}
+    assert "nonprivate" in methods and "hooks" in methods
+    assert sum(r["autotune_choice"] for r in rows) == 1 and sum(r["table_choice"] for r in rows) == 1
+    assert min(r["vs_fastest_dp"] for r in rows if r["method"] != "nonprivate") == 1.0
+    assert all(r["step_s"] > 0 and r["load_before"] for r in rows)
+    assert "autotune" in throughput.autotune_markdown(rows)

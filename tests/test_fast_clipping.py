@@ -131,7 +131,7 @@ def test_random_conv_nets_match_loop(
     _assert_close(_ours(model, x, y, c, method, k, conv), _reference(model, x, y, c, k))
 
 
-@pytest.mark.parametrize("conv", ["loop", "grouped", "unfold"])
+@pytest.mark.parametrize("conv", ["loop", "grouped", "unfold", "tune"])
 @pytest.mark.parametrize("method", METHODS)
 def test_each_contribution_is_bounded_by_c(method, conv):
     torch.manual_seed(2)
@@ -192,7 +192,7 @@ def test_conv1d_conv3d_padding_modes_and_dilation_match_loop(dims, padding_mode)
     c = _reference(model, x, y, 1.0)[0].median().item()
     ref = _reference(model, x, y, c, k=2)
     for method in METHODS:
-        for rule in ("loop", "grouped", "unfold"):
+        for rule in ("loop", "grouped", "unfold", "tune"):
             try:
                 _assert_close(_ours(model, x, y, c, method, k=2, conv=rule), ref)
             except AssertionError as error:
@@ -430,3 +430,22 @@ def test_frozen_conv_weight_with_trainable_bias(method):
     x, y = torch.randn(4, 3, 6, 6), torch.randint(0, 5, (4,))
     for conv in ("loop", "grouped", "unfold"):
         _assert_close(_ours(model, x, y, c, method, conv=conv), _reference(model, x, y, c))
+
+
+def test_tune_keeps_the_fastest_rule_per_convolution_and_matches_the_loop():
+    # Strides, dilation and K=2 rows per example: every per-layer rule gives the loop's numbers, and the
+    # rule "tune" measured on the first backward is kept for later steps.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=2, dilation=2), nn.Tanh(), nn.Conv2d(4, 5, 2, padding=1),
+        nn.Flatten(), nn.Linear(5 * 5 * 5, 3),
+    ).double()  # fmt: skip
+    x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 3, (4,))
+    ref = _reference(model, x, y, c=0.3, k=2)
+    wrapped = ClippedGradientModule(model, 0.3, "materialize", conv_per_example="tune")
+    for _ in range(2):
+        model.zero_grad(set_to_none=True)
+        norms = wrapped.clipped_backward(_loss(wrapped(x), y), group_size=2)
+        _assert_close((norms, {n: p.grad for n, p in model.named_parameters()}), ref)
+    rules = wrapped.conv_rules()
+    assert set(rules) == {"0", "2"} and set(rules.values()) <= {"loop", "grouped", "unfold"}

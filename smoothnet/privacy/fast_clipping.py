@@ -14,8 +14,9 @@ gradient norms and, once the clip factors are known, its clipped summed gradient
   ``groups * batch`` groups over the batch folded into channels, Rochette et al. 2019: on CUDA a
   single cuDNN kernel instead of ``batch`` small launches) or ``unfold`` (im2col of the input, then
   one batched matrix product per layer, as Opacus' hooks do: memory batch x C_in k^2 x positions;
-  grouped convolutions fall back to ``grouped``); ``auto`` picks ``loop`` on CPU and ``grouped``
-  elsewhere.
+  grouped convolutions fall back to ``grouped``); ``auto`` picks ``loop`` on CPU and ``grouped`` elsewhere; ``tune`` times every rule once per layer on
+  the first backward and keeps each layer's fastest (``conv_rules()``). After the per-example gradients,
+  their norms and the clipped sum are one fused reduction and one matrix-vector product each.
 - ``ghost``: norms from Gram matrices (cost ~ B T^2 (d + p), T spatial positions; for a Linear layer
   on vectors the norm is ||a|| ||g||), then the clipped sum as ONE batched weight gradient with the
   output gradients scaled by each example's clip factor. Memory: the layer's input and output grad.
@@ -32,6 +33,7 @@ clip factor as Opacus, ``min(1, C / (||g_i|| + 1e-6))``.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 METHODS = ("auto", "ghost", "materialize")
-CONV_PER_EXAMPLE = ("auto", "loop", "grouped", "unfold")
+CONV_PER_EXAMPLE = ("auto", "loop", "grouped", "unfold", "tune")
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.GroupNorm, nn.LayerNorm)
 _EPS = 1e-6  # Opacus' clip factor: C / (norm + 1e-6), at most 1
@@ -144,6 +146,7 @@ class ClippedGradientModule(nn.Module):
         self._capturing = False
         self._backward_state: dict[nn.Module, _LayerState] | None = None
         self._group_size = 1
+        self._conv_rules: dict[nn.Module, str] = {}  # conv_per_example="tune": each conv's fastest rule
         self._handles = [
             sub.register_forward_hook(self._forward_hook, with_kwargs=True) for sub in self._layers
         ]
@@ -240,7 +243,7 @@ class ClippedGradientModule(nn.Module):
             if layer.captures:
                 self._per_example(sub, layer, k)
             for gs in layer.grad_samples.values():
-                norm_sq += gs.pow(2).sum(tuple(range(1, gs.dim())))
+                norm_sq += _row_sq_norms(gs)
             if layer.norm_sq is not None:
                 norm_sq += layer.norm_sq
         norms = norm_sq.sqrt()
@@ -252,8 +255,7 @@ class ClippedGradientModule(nn.Module):
             for name, p in own.items():
                 if name in layer.grad_samples:
                     gs = layer.grad_samples[name]
-                    factor = clip.view(-1, *[1] * (gs.dim() - 1)).to(gs.dtype)
-                    _accumulate(p, torch.where(factor > 0, gs * factor, 0.0).sum(0))
+                    _accumulate(p, _clipped_sum(gs, clip))
             for x, go in layer.ghost:
                 self._ghost_sum(sub, own, x, go, clip.repeat_interleave(k))
             for p in own.values():
@@ -311,25 +313,17 @@ class ClippedGradientModule(nn.Module):
         impl = self.conv_per_example
         if impl == "auto":
             impl = "loop" if x.device.type == "cpu" else "grouped"
-        if impl == "unfold" and conv.groups == 1:
-            unfold = _unfold(conv, x)  # (rows, fan_in, T)
-            g = go.flatten(2).to(unfold.dtype)  # (rows, C_out, T)
-            grads = torch.bmm(g, unfold.transpose(1, 2))  # (rows, C_out, fan_in)
-            if k > 1:
-                grads = grads.view(rows // k, k, *grads.shape[1:]).sum(1)
-            _add_samples(layer, {"weight": grads.view(rows // k, *conv.weight.shape)})
-            return
-        if impl in ("grouped", "unfold"):
-            _add_samples(layer, {"weight": _conv_weight_grad_per_example(conv, x, go, k)})
-            return
-        samples = None
-        for i in range(rows // k):
-            part = slice(i * k, i * k + k)
-            grad = _conv_weight_grad(conv, x[part], go[part])
-            if samples is None:  # same memory layout as oneDNN's result (e.g. channels-last): plain copies
-                samples = _batched_like(grad, rows // k, _acc(go).dtype)
-            samples[i] = grad
+        if impl == "tune" and conv not in self._conv_rules:
+            self._conv_rules[conv], samples = _fastest_conv_rule(conv, x, go, k)
+        else:
+            samples = _conv_samples(self._conv_rules.get(conv, impl), conv, x, go, k)
         _add_samples(layer, {"weight": samples})
+
+    def conv_rules(self) -> dict[str, str]:
+        """``{qualified name: rule}`` that ``conv_per_example="tune"`` measured fastest per convolution
+        (filled by the first backward)."""
+        names = {sub: name for name, sub in self._module.named_modules()}
+        return {names[conv] or "<root>": rule for conv, rule in self._conv_rules.items()}
 
     def _linear(self, own, layer, x, go, k, single_use) -> None:
         rows, fan_in, fan_out = x.shape[0], x.shape[-1], go.shape[-1]
@@ -371,6 +365,23 @@ class ClippedGradientModule(nn.Module):
 def _acc(t: Tensor) -> Tensor:
     """``t`` in the accumulation precision: half precision is raised to float32, float64 kept."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _row_sq_norms(gs: Tensor) -> Tensor:
+    """Squared norm of each example's gradient, gs: (examples, ...). One fused reduction: no squared copy
+    of the per-example gradients (that copy and its sum were ~40 % of a CPU DP step of small CNNs)."""
+    return torch.linalg.vector_norm(gs, dim=tuple(range(1, gs.dim()))).square()
+
+
+def _clipped_sum(gs: Tensor, clip: Tensor) -> Tensor:
+    """sum_i clip[i] * gs[i] as one matrix-vector product, without a scaled copy of the per-example gradients.
+
+    A row with clip factor 0 (a non-finite norm) contributes exactly 0 even when it holds NaN or Inf
+    (0 * NaN is NaN in a product): such rows are zeroed first, which costs nothing when there are none."""
+    dropped = clip == 0
+    if dropped.any():
+        gs = torch.where(dropped.view(-1, *[1] * (gs.dim() - 1)), 0.0, gs)
+    return torch.tensordot(clip.to(gs.dtype), gs, dims=1)
 
 
 def _accumulate(p: nn.Parameter, grad: Tensor) -> None:
@@ -458,6 +469,49 @@ def _conv_weight_grad_per_example(conv, x: Tensor, go: Tensor, k: int) -> Tensor
         list(conv.dilation), False, [0] * len(conv.kernel_size), conv.groups * examples, [False, True, False],
     )[1]  # fmt: skip
     return grad.reshape(examples, *weight.shape)
+
+
+CONV_RULES = ("loop", "grouped", "unfold")  # what conv_per_example="tune" times per layer
+
+
+def _conv_samples(impl: str, conv, x: Tensor, go: Tensor, k: int) -> Tensor:
+    """Per-example weight gradients (examples, *weight.shape) of ``conv`` by rule ``impl`` (module docstring)."""
+    rows = x.shape[0]
+    if impl == "unfold" and conv.groups == 1:
+        unfold = _unfold(conv, x)  # (rows, fan_in, T)
+        g = go.flatten(2).to(unfold.dtype)  # (rows, C_out, T)
+        grads = torch.bmm(g, unfold.transpose(1, 2))  # (rows, C_out, fan_in)
+        if k > 1:
+            grads = grads.view(rows // k, k, *grads.shape[1:]).sum(1)
+        return grads.view(rows // k, *conv.weight.shape)
+    if impl in ("grouped", "unfold"):
+        return _conv_weight_grad_per_example(conv, x, go, k)
+    samples = None
+    for i in range(rows // k):
+        part = slice(i * k, i * k + k)
+        grad = _conv_weight_grad(conv, x[part], go[part])
+        if samples is None:  # same memory layout as oneDNN's result (e.g. channels-last): plain copies
+            samples = _batched_like(grad, rows // k, _acc(go).dtype)
+        samples[i] = grad
+    return samples
+
+
+def _fastest_conv_rule(conv, x: Tensor, go: Tensor, k: int) -> tuple[str, Tensor]:
+    """Time every rule of ``CONV_RULES`` once on this layer's own input and output gradient; the fastest
+    rule and its result (every rule gives the same numbers, up to rounding)."""
+    best = None
+    for rule in CONV_RULES:
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        start = time.perf_counter()
+        samples = _conv_samples(rule, conv, x, go, k)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        took = time.perf_counter() - start
+        if best is None or took < best[0]:
+            best = (took, rule, samples)
+        del samples
+    return best[1], best[2]
 
 
 def _unfold(conv, x: Tensor) -> Tensor:

@@ -9,9 +9,22 @@ an Opacus mode (``hooks``, ...) where that was fastest. ``fastest_ours`` gives t
 own module where ``fastest`` is an Opacus mode, for runs only the module can do (augmentation
 multiplicity, bf16 autocast). A model or device type without a measurement gets ``DEFAULT`` (mixed ghost
 clipping, channels-first).
+
+The table is the fallback: by default the trainer chooses per run with ``autotune`` (each candidate of
+``CANDIDATES`` timed for a few steps on the run's own model, physical batch and device), records the
+timings and the choice (``MethodChoice``) and keeps the choice on resume.
 """
 
 from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
 
 DEFAULT = ("auto", False)
 OPACUS_MODES = ("hooks", "functorch", "ew", "ghost")
@@ -95,3 +108,214 @@ def choose_channels_last(
 ) -> bool:
     """Whether that fastest measured configuration runs channels-last."""
     return _entry(model_name, device_type, image_size, ours_only)[1]
+
+
+# ----------------------------------------------------------------------------- per-run autotune
+
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    # In the trainer's form (Opacus mode or fast:<method>[+<conv>]); every one is checked against the
+    # per-example loop in tests/test_fast_clipping.py (ours) and against Opacus' hooks (tests/test_dp_step.py).
+    "cpu": ("fast:auto", "fast:auto+grouped", "fast:auto+unfold", "fast:materialize", "fast:ghost", "hooks"),
+    "cuda": ("fast:auto+grouped", "fast:auto+unfold", "fast:materialize+unfold", "fast:ghost", "hooks"),
+}
+_CHOICE_FILE = "method_choice.json"
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """The per-sample method a run uses and how it was chosen (stored in the record and the checkpoint).
+
+    ``source``: ``autotune`` (timed at the start of this run), ``table`` (``MEASURED``), ``config`` (set
+    in params) or ``resumed`` (an autotuned choice kept from the run's checkpoint). ``timings_s``: each
+    candidate's fastest timed step in seconds (autotune only); ``failed``: candidates that raised, with the
+    error; ``dropped``: candidates whose warm-up step was so slow they were not timed further.
+    """
+
+    method: str
+    source: str
+    timings_s: dict[str, float] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    dropped: dict[str, float] = field(default_factory=dict)
+    batch: int | None = None
+    device: str | None = None
+    clock: str | None = None  # "process_time" (CPU, one thread) or "perf_counter"
+
+    def to_record(self) -> dict:
+        """A JSON-ready dict (``from_record`` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, values: dict) -> MethodChoice:
+        """The choice stored by ``to_record``."""
+        return cls(**values)
+
+
+def candidates(device_type: str, ours_only: bool = False, channels_last: bool = False) -> tuple[str, ...]:
+    """The methods autotune times on ``device_type``; Opacus' modes are left out where only the package's
+    module is correct (``ours_only``: augmentation multiplicity, bf16) or the model is channels-last."""
+    methods = CANDIDATES.get(device_type, CANDIDATES["cuda"])
+    if ours_only or channels_last:
+        methods = tuple(m for m in methods if m not in OPACUS_MODES)
+    return methods
+
+
+def training_step(
+    model: nn.Module, method: str, batch: int, max_grad_norm: float, noise_multiplier: float = 1.0, lr=1e-3
+):
+    """A closure ``step(x, y)`` running one DP-SGD step of ``method`` on ``model`` (per-sample gradients,
+    clipping, Gaussian noise, SGD-momentum update), as the trainer runs it; ``method`` in trainer form."""
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+
+    from smoothnet.privacy.fast_clipping import ClippedGradientModule, parse_method
+
+    loss_fn = nn.CrossEntropyLoss(reduction="none")
+    sgd = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    calibration = dict(
+        noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, expected_batch_size=batch
+    )
+    if method.startswith("fast"):
+        layer_method, conv = parse_method(method.partition(":")[2] or "auto")
+        wrapped = ClippedGradientModule(model, max_grad_norm, layer_method, conv_per_example=conv)
+        opt = DPOptimizerFastGradientClipping(sgd, **calibration)
+
+        def step(x, y):
+            opt.zero_grad(set_to_none=True)
+            wrapped.clipped_backward(loss_fn(wrapped(x).float(), y))
+            opt.step()
+
+        return step
+    if method not in OPACUS_MODES or method == "ghost":
+        raise ValueError(f"autotune times fast:<method> and Opacus' hooks/functorch/ew, not {method!r}")
+    from opacus.grad_sample import get_gsm_class
+
+    extra = {} if method == "ew" else {"force_functorch": method == "functorch"}
+    gsm = get_gsm_class(method)(model, batch_first=True, loss_reduction="mean", **extra)
+    opt = DPOptimizer(sgd, **calibration)
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss_fn(gsm(x).float(), y).mean().backward()
+        opt.step()
+
+    return step
+
+
+def autotune(
+    module: nn.Module,
+    example_shape: tuple[int, ...],
+    batch: int,
+    device: torch.device,
+    methods: tuple[str, ...],
+    max_grad_norm: float = 1.0,
+    rounds: int = 2,
+    drop_factor: float = 3.0,
+    timer=None,
+    max_materialized_bytes: int = 4 * 2**30,
+) -> MethodChoice:
+    """Time each of ``methods`` on copies of ``module`` (its device and memory format kept) and choose the
+    fastest: the cuDNN-benchmark idea applied to per-sample gradients.
+
+    Each method gets a warm-up step, then ``rounds`` timed steps interleaved across methods (a load change
+    on a shared machine hits all alike); its time is its fastest step. A method whose warm-up took more than
+    ``drop_factor`` times the fastest warm-up so far is not timed further (bounded tuning cost). Inputs
+    are standard-normal noise of the run's shape from a private generator, labels class 0: no training
+    example is touched and the global random streams are left as they were. ``module`` is not changed.
+
+    Methods that hold every example's full gradient (``fast:materialize``, Opacus' modes) are skipped
+    (listed under ``failed``) where that alone would exceed ``max_materialized_bytes`` (e.g. the ScatterNet
+    + linear head at batch 8192: 5 GiB): the timing would set the run's peak memory.
+
+    Clock (``timer`` None): on a CPU with one torch thread the process' CPU time, which other processes'
+    load hardly moves (on a shared 2-core machine wall time swung 3x between identical steps); else wall
+    time, synchronised on CUDA.
+    """
+    if timer is None:
+        timer = step_clock(device)
+    if not methods:
+        raise ValueError("autotune needs at least one candidate method")
+    channels_last = any(
+        p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        for p in module.parameters()
+    )
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn((batch, *example_shape), generator=generator).to(device)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def timed(step) -> float:
+        _sync(device)
+        start = timer()
+        step(x, y)
+        _sync(device)
+        return timer() - start
+
+    steps, times, failed, dropped = {}, {}, {}, {}
+    materialized = batch * sum(p.numel() for p in module.parameters() if p.requires_grad) * 4
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        for method in methods:
+            if materialized > max_materialized_bytes and (method in OPACUS_MODES or "materialize" in method):
+                failed[method] = f"skipped: per-example gradients would take {materialized / 2**30:.1f} GiB"
+                continue
+            try:
+                step = training_step(copy.deepcopy(module), method, batch, max_grad_norm)
+                warm = timed(step)
+            except Exception as error:  # a method that cannot handle this model is not a candidate
+                failed[method] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+                continue
+            fastest_warm = min([warm, *(t[0] for t in times.values())])
+            if warm > drop_factor * fastest_warm:
+                dropped[method] = warm
+                continue
+            steps[method], times[method] = step, [warm]
+            for other in [m for m in times if times[m][0] > drop_factor * warm]:
+                dropped[other] = times.pop(other)[0]
+                del steps[other]
+        if not steps:
+            raise RuntimeError(f"autotune: every candidate per-sample method failed: {failed}")
+        for _ in range(rounds):
+            for method, step in steps.items():
+                times[method].append(timed(step))
+    best = {m: min(t[1:] or t) for m, t in times.items()}
+    return MethodChoice(
+        method=min(best, key=best.get),
+        source="autotune",
+        timings_s=best,
+        failed=failed,
+        dropped=dropped,
+        batch=batch,
+        device=device.type,
+        clock=getattr(timer, "__name__", None),
+    )
+
+
+def step_clock(device: torch.device):
+    """``time.process_time`` on a CPU with one torch thread (robust to other processes' load), else
+    ``time.perf_counter``."""
+    return time.process_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def save_choice(directory: Path, choice: MethodChoice, fingerprint: str) -> None:
+    """Keep ``choice`` beside the run's checkpoint, tied to the config fingerprint, for ``load_choice``."""
+    from smoothnet.io import atomic_write_text
+
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {"config_fingerprint": fingerprint, "choice": choice.to_record()}
+    atomic_write_text(directory / _CHOICE_FILE, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def load_choice(directory: Path, fingerprint: str) -> MethodChoice | None:
+    """The autotuned choice ``save_choice`` kept for this config (source ``resumed``), or None."""
+    path = directory / _CHOICE_FILE
+    if not path.exists():
+        return None
+    payload = json.loads(path.read_text())
+    if payload.get("config_fingerprint") != fingerprint:
+        return None
+    return replace(MethodChoice.from_record(payload["choice"]), source="resumed")

@@ -58,6 +58,9 @@ class TrainConfig:
     lr_gamma: float = 0.9
     lr_warmup_epochs: int = 0  # linear warm-up over the first epochs (per step for per-step schedules)
     grad_sample_mode: str = "auto"
+    # with grad_sample_mode auto: time each candidate method for a few steps at the start of a private run
+    # and use the fastest (smoothnet.privacy.method_select.autotune); false: the measured table
+    autotune_method: bool = True
     channels_last: bool | None = None  # None: what the throughput benchmark measured fastest for the model
     # bf16 autocast of forward and loss (GPU speed); clipping, noise and update stay in fp32
     autocast_bf16: bool = False
@@ -130,6 +133,8 @@ class TrainConfig:
                 )
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
             fail("grad_sample_mode", f"must be one of {list(GRAD_SAMPLE_MODES)}")
+        if not isinstance(self.autotune_method, bool):
+            fail("autotune_method", "must be true or false")
         if self.epochs < 1:
             fail("epochs", "must be >= 1")
         if self.logical_batch_size < 1:

@@ -30,6 +30,7 @@ from smoothnet.closure import REPO_ROOT, import_closure
 from smoothnet.models import build_model, count_parameters
 from smoothnet.privacy.accounting import compute_epsilon, noise_for_target, opacus_sample_rate
 from smoothnet.privacy.dp_statistics import StatisticsRelease, composed_privacy_record, fit_statistics
+from smoothnet.privacy.method_select import MethodChoice
 from smoothnet.records import SCHEMA_VERSION, write_record
 from smoothnet.training.batches import augmentation_views, normalize
 from smoothnet.training.checkpoint import (
@@ -191,7 +192,12 @@ def _train(
     revision, dirty = git_state(paths.repo_root)  # the code the run starts with
     data = load_prepared(paths.data_dir)
     torch.manual_seed(config.seed)  # model initialisation (identical on every rank)
-    run = prepare_run(config, data, device, context)
+    from smoothnet.privacy.method_select import load_choice, save_choice
+
+    saved_choice = load_choice(paths.checkpoint_dir, config_fingerprint(config))
+    run = prepare_run(config, data, device, context, saved_choice)
+    if context.is_main and run.method_choice is not None and run.method_choice.source == "autotune":
+        save_choice(paths.checkpoint_dir, run.method_choice, config_fingerprint(config))
     # What remains on the global generator (e.g. dropout); a DP run's sampling, noise and augmentation
     # come from run.streams instead (smoothnet.training.dp.random_streams).
     torch.manual_seed(sampling_seed(config.seed, context))
@@ -286,12 +292,19 @@ class PreparedRun:
     channels_last: bool = False
     streams: RandomStreams | None = None  # a DP run's private randomness (never recorded)
     statistics: StatisticsRelease | None = None  # private feature statistics released before training
+    method_choice: MethodChoice | None = None  # how ``method`` was chosen (autotune timings), in the record
 
 
 def prepare_run(
-    config: TrainConfig, data, device: torch.device, context: DistributedContext | None = None
+    config: TrainConfig,
+    data,
+    device: torch.device,
+    context: DistributedContext | None = None,
+    saved_choice: MethodChoice | None = None,
 ) -> PreparedRun:
-    """Build model, data, optimizer, privacy wrapper and scheduler; all checks happen before training."""
+    """Build model, data, optimizer, privacy wrapper and scheduler; all checks happen before training.
+
+    ``saved_choice``: the per-sample method autotuned when the run started (kept on resume)."""
     context = context or DistributedContext()
     train_x, train_y = data.split("train")
     if config.train_on_validation:
@@ -363,8 +376,12 @@ def prepare_run(
     )
     setup = None
     method = None
+    method_choice = None
     if config.private:
-        method = resolve_method(config, device, image_size)
+        method_choice = choose_method_for_run(
+            config, device, image_size, module, train_dataset, channels_last, context, saved_choice
+        )
+        method = method_choice.method
         _check_private_setup(config, method, channels_last, context, len(train_y))
         setup = make_private(
             module,
@@ -410,6 +427,7 @@ def prepare_run(
         channels_last,
         streams,
         statistics,
+        method_choice,
     )
 
 
@@ -487,6 +505,36 @@ def resolve_method(config: TrainConfig, device: torch.device, image_size: int | 
             return mode
         return f"fast:{mode}"
     return "fast:auto" if mode == "fast" else mode
+
+
+def choose_method_for_run(
+    config: TrainConfig,
+    device: torch.device,
+    image_size: int | None,
+    module: nn.Module,
+    train_dataset: TensorDataset,
+    channels_last: bool,
+    context: DistributedContext,
+    saved_choice: MethodChoice | None = None,
+) -> MethodChoice:
+    """The run's per-sample method: with ``grad_sample_mode: auto`` and ``autotune_method`` the fastest
+    candidate timed on the run's own module, physical batch and device (or the choice kept from the start
+    of the run), else ``resolve_method`` (the measured table, or what the config names).
+
+    Distributed runs use the table: ranks timing on their own could choose different methods."""
+    from smoothnet.privacy import method_select
+
+    if config.grad_sample_mode != "auto" or not config.autotune_method or context.enabled:
+        source = "config" if config.grad_sample_mode != "auto" else "table"
+        return method_select.MethodChoice(resolve_method(config, device, image_size), source)
+    if saved_choice is not None and saved_choice.device == device.type:
+        return saved_choice
+    k = max(config.augmentation_multiplicity, 1)
+    methods = method_select.candidates(device.type, _needs_our_module(config), channels_last)
+    example_shape = tuple(train_dataset.tensors[0].shape[1:])
+    return method_select.autotune(
+        module, example_shape, config.physical_batch_size * k, device, methods, config.max_grad_norm
+    )
 
 
 @torch.no_grad()
@@ -803,6 +851,7 @@ def build_record(
         "epsilon": None,
         "epsilon_by_accountant": {},
         "grad_sample_mode": run.method,
+        "method_choice": run.method_choice.to_record() if run.method_choice is not None else None,
         "expected_batch_size": None,
         "accountant_history": [],
         "steps_per_epoch": len(run.train_loader),  # what the loader yielded (Opacus: int(1/q) batches)

@@ -239,6 +239,11 @@ def test_audit_re_derives_the_composed_epsilon_independently(bn_record):
         ),
         (lambda p: p["composition"]["components"].update(dp_statistics=0.0), "composition recorded"),
         (lambda p: p.update(noise_multiplier=p["noise_multiplier"] * 0.9), "composed calibration"),
+        # the record may not state a cheaper release than the code makes
+        (lambda p: p["dp_statistics"].update(releases=1, history=[[8.0, 1.0, 1]]), "statistics as configured"),
+        (lambda p: p["dp_statistics"].update(noise_multiplier=16.0), "statistics as configured"),
+        (lambda p: p["dp_statistics"].update(n=10**6), "statistics as configured"),
+        (lambda p: p.pop("dp_statistics"), "statistics accounted"),
     ],
 )
 def test_audit_fails_a_record_with_unnoised_or_unaccounted_statistics(bn_record, tamper, failing):
@@ -257,7 +262,19 @@ def test_dp_sgd_only_checks_are_superseded_only_for_composed_records(bn_record):
     assert composed_table["dpa_rdp"] == pytest.approx(bn_record["privacy"]["epsilon"], abs=0.01)
     plain = copy.deepcopy(bn_record)
     del plain["privacy"]["dp_statistics"]
+    plain["model"]["options"] = {}  # a model without private statistics
     assert apply_composed_privacy(plain, sgd_only, table) == (sgd_only, table)
+
+
+def test_composed_records_have_their_epsilon_by_accountant_checked(bn_record):
+    """The DP-SGD-only 'epsilon by accountant' check is superseded for composed records: its composed
+    replacement must catch a tampered value."""
+    record = copy.deepcopy(bn_record)
+    checks, _ = apply_composed_privacy(record, [], {"rdp": 1.0})
+    assert [c for c in checks if c.name == "composed epsilon by accountant" and c.status == PASS]
+    record["privacy"]["epsilon_by_accountant"]["prv"] = 0.1
+    checks, _ = apply_composed_privacy(record, [], {"rdp": 1.0})
+    assert [c.field for c in checks if c.status == FAIL] == ["privacy.epsilon_by_accountant.prv"]
 
 
 def test_groupnorm_scatternets_are_unchanged():

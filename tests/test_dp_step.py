@@ -397,3 +397,47 @@ def test_private_streams_are_distinct_reproducible_and_off_the_global_generator(
     ]
     assert torch.equal(torch.get_rng_state(), before)  # the global generator is untouched
     assert torch.equal(views[0], views[1])
+
+
+def test_a_secure_runs_checkpoint_holds_no_state_of_its_private_streams(prepared, tmp_path):
+    """A torch generator's state begins with its seed: an os_entropy run's checkpoint (the file a model is
+    released from) must not hold its streams, or anyone holding it regenerates every noise draw."""
+    from smoothnet.training.checkpoint import load_checkpoint
+
+    torch.set_num_threads(1)
+    _one_step_run(prepared, tmp_path, "secure-s0", secure_noise=True)
+    secure = load_checkpoint(tmp_path / "secure-s0" / "ckpt")
+    assert all("streams" not in rank for rank in secure["rng_by_rank"])
+    _one_step_run(prepared, tmp_path, "seeded-s0")
+    seeded = load_checkpoint(tmp_path / "seeded-s0" / "ckpt")
+    assert all("streams" in rank for rank in seeded["rng_by_rank"])  # seeded runs resume their streams exactly
+
+
+def test_a_dp_record_releases_no_raw_count_of_sampled_examples(prepared, tmp_path):
+    """images_per_second x wall time would give back the number of Poisson-sampled examples (it moves with
+    one example); a DP record's throughput is computed from public values: steps x q x N."""
+    torch.set_num_threads(1)
+    record, _ = _one_step_run(prepared, tmp_path, "count-s0", logical_batch_size=64)
+    privacy, perf = record["privacy"], record["performance"]
+    public = privacy["steps"] * privacy["sample_rate"] * record["dataset"]["n_train"]
+    assert perf["images_per_second"] * perf["wall_time_s"] == pytest.approx(public, rel=5e-3)
+
+
+def test_a_dp_run_stops_on_its_noisy_parameters_never_on_its_raw_loss():
+    """The raw loss of a Poisson batch is private: one example's infinite loss (clipped to nothing) must not
+    decide whether a DP run stops; a non-finite parameter after the noisy step does."""
+    from types import SimpleNamespace
+
+    from smoothnet.training.trainer import TrainingDiverged, _check_finite
+
+    config, state = SimpleNamespace(run_id="r"), SimpleNamespace(epoch=0)
+    module = torch.nn.Linear(2, 2)
+    dp = SimpleNamespace(setup=object(), module=module)
+    _check_finite(config, dp, state, torch.tensor(float("inf")), took_step=True)  # no raise
+    with torch.no_grad():
+        module.weight[0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="parameter became non-finite"):
+        _check_finite(config, dp, state, torch.tensor(1.0), took_step=True)
+    plain = SimpleNamespace(setup=None, module=torch.nn.Linear(2, 2))
+    with pytest.raises(TrainingDiverged, match="loss became inf"):
+        _check_finite(config, plain, state, torch.tensor(float("inf")), took_step=True)

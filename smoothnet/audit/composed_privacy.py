@@ -28,6 +28,7 @@ from smoothnet.privacy.accounting import (
     epsilon_table,
     noise_for_target,
 )
+from smoothnet.privacy.dp_statistics import RELEASES
 
 EPSILON_TOLERANCE = 0.01  # RDP vs RDP: the same bound from two implementations
 PLD_RELATIVE_TOLERANCE = 0.02  # PRV (Opacus) vs PLD (dp-accounting): both numerical, agree to about 1 %
@@ -67,7 +68,20 @@ def check_composed_privacy(record: dict[str, Any]) -> list[Check]:
     """The composition checks of one record; ``[]`` when it released no private statistics."""
     privacy = record.get("privacy", {})
     stats = privacy.get("dp_statistics")
-    if not privacy.get("private") or stats is None:
+    options = (record.get("model") or {}).get("options") or {}
+    if not privacy.get("private"):
+        return []
+    if stats is None:
+        if options.get("input_norm") == "dp_bn":  # the model released statistics: their cost must be counted
+            return [
+                _check(
+                    "statistics accounted",
+                    "privacy.dp_statistics",
+                    FAIL,
+                    "model.options.input_norm is dp_bn but the record has no privacy.dp_statistics: the "
+                    "statistics' releases are not in the claimed epsilon",
+                )
+            ]
         return []
     sigma_bn, releases = stats.get("noise_multiplier"), stats.get("releases")
     if not (
@@ -84,6 +98,26 @@ def check_composed_privacy(record: dict[str, Any]) -> list[Check]:
     checks = [
         _check("statistics noised", "privacy.dp_statistics", PASS, f"{releases} releases at sigma {sigma_bn}")
     ]
+    # What the code releases, not what the record says it released.
+    n_train = (record.get("dataset") or {}).get("n_train")
+    mismatches = [
+        f"{what} = {got!r}, expected {want!r}"
+        for what, got, want in (
+            ("releases", releases, RELEASES),
+            ("noise_multiplier", sigma_bn, options.get("bn_noise_multiplier")),
+            ("n", stats.get("n"), n_train),
+        )
+        if got != want
+    ]
+    if mismatches:
+        checks.append(
+            _check(
+                "statistics as configured",
+                "privacy.dp_statistics",
+                FAIL,
+                "; ".join(mismatches) + " (model.options, dataset.n_train, the code's two releases)",
+            )
+        )
     prior = [(float(sigma_bn), 1.0, 1)] * releases
     if [list(map(float, s)) for s in stats.get("history", [])] != [list(s) for s in prior]:
         checks.append(
@@ -161,7 +195,17 @@ def _target_checks(record, prior, independent) -> list[Check]:
     privacy = record["privacy"]
     target = privacy.get("target_epsilon")
     if target is None:
-        return [_check("composed epsilon within target", "privacy.target_epsilon", SKIP, "fixed-sigma run")]
+        configured = (record.get("params") or {}).get("noise_multiplier")
+        ok = configured is not None and privacy.get("noise_multiplier") == configured
+        return [
+            _check("composed epsilon within target", "privacy.target_epsilon", SKIP, "fixed-sigma run"),
+            _check(
+                "noise calibration",
+                "privacy.noise_multiplier",
+                PASS if ok else FAIL,
+                f"fixed sigma {privacy.get('noise_multiplier')!r}; params.noise_multiplier {configured!r}",
+            ),
+        ]
     checks = [
         _check(
             "composed epsilon within target",
@@ -220,4 +264,27 @@ def apply_composed_privacy(
         else _check(c.name, c.field, SKIP, "superseded by the composed-privacy checks (private statistics)")
         for c in checks
     ]
+    if table is not epsilons:
+        composed += _composed_by_accountant(privacy, table)
     return kept + composed, table
+
+
+def _composed_by_accountant(privacy: dict[str, Any], table: dict[str, float]) -> list[Check]:
+    """The recorded ``epsilon_by_accountant`` against the composed table (what the DP-SGD-only check it
+    supersedes verified for other records)."""
+    checks = []
+    for name, value in sorted((privacy.get("epsilon_by_accountant") or {}).items()):
+        field = f"privacy.epsilon_by_accountant.{name}"
+        if name not in table:
+            checks.append(_check("composed epsilon by accountant", field, FAIL, f"unknown accountant {name!r}"))
+            continue
+        ok = isinstance(value, int | float) and abs(value - table[name]) <= EPSILON_TOLERANCE
+        checks.append(
+            _check(
+                "composed epsilon by accountant",
+                field,
+                PASS if ok else FAIL,
+                f"recorded {short(value)}, composed re-derivation {table[name]:.4f}",
+            )
+        )
+    return checks

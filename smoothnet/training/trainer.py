@@ -231,11 +231,19 @@ def _train(
         if hasattr(run.train_loader.sampler, "set_epoch"):
             run.train_loader.sampler.set_epoch(state.epoch)
         epoch_lr = run.optimizer.param_groups[0]["lr"]
+        steps_before = state.steps
         train_loss, train_accuracy, examples = _train_one_epoch(
             config, run, state, device, progress and context.is_main
         )
         state.train_seconds += time.perf_counter() - started
-        state.examples_seen += examples * context.world_size
+        # A DP run's sampled count is a raw statistic of the private data (it moves with one example):
+        # its throughput is computed from public values, the steps taken times the expected batch size.
+        steps_taken = state.steps - steps_before
+        state.examples_seen += (
+            round(steps_taken * run.setup.sample_rate * run.n_train)
+            if run.setup is not None
+            else examples * context.world_size
+        )
         run.scheduler.after_epoch()
         state.epoch += 1
         metrics = _evaluate_epoch(config, run, state, train_loss, train_accuracy, epoch_lr)
@@ -607,11 +615,7 @@ def _train_one_epoch(
                 if took_step:
                     run.optimizer.step()
                     run.optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"run {config.run_id!r}: loss became {loss.item()} in epoch {state.epoch + 1}; the last good "
-                    "checkpoint (previous epoch) is kept. Lower lr or max_grad_norm."
-                )
+            _check_finite(config, run, state, loss, took_step)
             if took_step:
                 state.steps += 1
                 run.scheduler.after_step()
@@ -623,6 +627,28 @@ def _train_one_epoch(
             if run.setup is None:  # a DP run's raw training loss is not private: not even on the console
                 bar.set_postfix(loss=f"{total_loss / max(seen, 1):.3f}")
     return total_loss / max(seen, 1), correct / max(seen, 1), seen
+
+
+def _check_finite(
+    config: TrainConfig, run: PreparedRun, state: RunState, loss: Tensor, took_step: bool
+) -> None:
+    """Stop a diverged run, keeping the last good checkpoint.
+
+    A DP run decides from the parameters after a noisy step only (post-processing of the private
+    release): its raw loss is a statistic of the private batch, and one example with an infinite loss
+    (whose clipped contribution is zero anyway) must not decide whether the run stops."""
+    if run.setup is not None:
+        if not took_step or all(bool(torch.isfinite(p).all()) for p in run.module.parameters()):
+            return
+        what = "a parameter became non-finite"
+    elif torch.isfinite(loss):
+        return
+    else:
+        what = f"loss became {loss.item()}"
+    raise TrainingDiverged(
+        f"run {config.run_id!r}: {what} in epoch {state.epoch + 1}; the last good checkpoint (previous "
+        "epoch) is kept. Lower lr or max_grad_norm."
+    )
 
 
 def _noise_only_step(run: PreparedRun) -> None:
@@ -734,7 +760,10 @@ def _checkpoint_state(
     """What a resumed run needs; under torchrun every rank's RNG state is gathered (a collective call)."""
     optimizer = getattr(run.optimizer, "original_optimizer", run.optimizer)
     own = rng_state()
-    if run.streams is not None:
+    if run.streams is not None and run.streams.source == "seeded":
+        # An os_entropy generator's state begins with its secret seed: stored, it would let anyone holding
+        # the checkpoint (the file a trained model is released from) regenerate every noise draw. A resumed
+        # secure run draws fresh OS entropy instead, which is the mechanism that was accounted.
         own["streams"] = run.streams.state()
     rng_by_rank = [own]
     if context.enabled:
@@ -778,7 +807,7 @@ def _restore(
             f"resume it with the same number of processes (now {context.world_size})"
         )
     set_rng_state(checkpoint["rng_by_rank"][context.rank])
-    if run.streams is not None:
+    if run.streams is not None and run.streams.source == "seeded":
         run.streams.load_state(checkpoint["rng_by_rank"][context.rank]["streams"])
     return RunState(**checkpoint["state"])
 

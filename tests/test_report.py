@@ -456,6 +456,9 @@ def test_quick_records_labelled_and_never_mixed(tmp_path):
     assert "series is SmoothNet W1D1 (the configurable SmoothNet), a different network" in curve_md
     assert "SmoothNet SmoothNet" not in curve_md
     assert "| 7 | 73.5 | 20.00 ± 0.00 (n=2) |" in curve_md
+    # every table of a quick report carries the label, the literature table too
+    for table in (tmp_path / "quick" / "tables").glob("*.md"):
+        assert table.read_text().startswith("**QUICK PROFILE — not a result"), table.name
 
 
 def test_no_records_renders_dashes_without_crashing(tmp_path):

@@ -75,6 +75,7 @@ def _literature_table(ctx: Context, points: list[Point]) -> tuple[Table, list[Ru
     metric = ctx.metric_for("literature")
     lit_runs = select(ctx.runs, study="literature")
     table = Table(
+        banner=ctx.banner,
         name=TABLE,
         title="Literature baselines: reproduced vs published",
         columns=[
@@ -199,6 +200,7 @@ def _thesis_table(ctx: Context, points: list[Point]) -> tuple[Table, list[Run]] 
     for run in runs:
         groups.setdefault((architecture(run), run.target_epsilon), []).append(run)
     table = Table(
+        banner=ctx.banner,
         name=THESIS_TABLE,
         title="The thesis' small-model study: reproduced vs the thesis (CIFAR-10, validation accuracy)",
         columns=[

@@ -120,7 +120,7 @@ def render(ctx: Context) -> Section:
     if sources:
         notes.append("Published: " + "; ".join(sources) + ".")
     notes.append(
-        "Published DP (%) — : the paper's per-architecture accuracies were not recovered (SPEC §2); "
+        "Published DP (%) — : the paper's per-architecture accuracies were not recovered from the paper's sources; "
         "only SmoothNet's are known."
     )
     notes.extend(f"{mark} {note}" for note, mark in marks.items())

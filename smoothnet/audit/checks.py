@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -82,3 +83,12 @@ def short(value: Any, limit: int = 80) -> str:
     """A value for a one-line message."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_maker(group: str) -> Callable[..., Check]:
+    """``make(name, field, status, message, **details)``: a :class:`Check` of ``group``, for one check module."""
+
+    def make(name: str, field: str, status: str, message: str, **details: Any) -> Check:
+        return Check(group, name, field, status, message, details)
+
+    return make

@@ -25,7 +25,7 @@ import math
 from functools import lru_cache
 from typing import Any
 
-from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check, short
+from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check, check_maker, short
 from smoothnet.privacy.accounting import (
     ACCOUNTANTS,
     OPACUS_ACCOUNTANTS,
@@ -56,8 +56,7 @@ def _calibrated_sigma(target: float, delta: float, q: float, epochs: int, accoun
     return noise_for_target(target, delta, q, epochs=epochs, accountant=accountant)
 
 
-def _check(name: str, field: str, status: str, message: str, **details: Any) -> Check:
-    return Check(GROUP, name, field, status, message, details)
+_check = check_maker(GROUP)
 
 
 def record_history(record: dict[str, Any]) -> list[tuple[float, float, int]]:

@@ -16,7 +16,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check, diff_values, lookup_dotted, short
+from smoothnet.audit.checks import (
+    FAIL,
+    PASS,
+    SKIP,
+    WARN,
+    Check,
+    check_maker,
+    diff_values,
+    lookup_dotted,
+    short,
+)
 from smoothnet.audit.dvclock import dvc_md5, dvcignore_filter, entries
 from smoothnet.io import loads_json, sha256_file
 from smoothnet.params import ParamsError, resolve_run, run_group, stage_name
@@ -26,8 +36,7 @@ GROUP = "provenance"
 MAX_LISTED_DIFFS = 8
 
 
-def _check(name: str, field: str, status: str, message: str, **details: Any) -> Check:
-    return Check(GROUP, name, field, status, message, details)
+_check = check_maker(GROUP)
 
 
 class HashCache:

@@ -341,9 +341,7 @@ def _lock_deps(stage: dict[str, Any], hashes: HashCache, changed_status: str) ->
                 f"not on this machine, not compared: {', '.join(absent)}",
             )
         )
-    if not checks:
-        checks.append(_check("dvc.lock deps", "dvc.lock deps", PASS, f"{len(deps)} dependencies unchanged"))
-    return checks
+    return checks or [_check("dvc.lock deps", "dvc.lock deps", PASS, f"{len(deps)} dependencies unchanged")]
 
 
 def check_dataset(record: dict[str, Any], prepared_root: Path) -> list[Check]:
@@ -386,10 +384,9 @@ def check_dataset(record: dict[str, Any], prepared_root: Path) -> list[Check]:
                 f"record {record['dataset']['manifest_sha256'][:12]}..., {manifest_path} is {digest[:12]}...",
             )
         )
-    if not checks:
-        checks.append(
-            _check("dataset", "dataset.fingerprint", PASS, f"fingerprint and manifest match {manifest_path}")
-        )
+    checks = checks or [
+        _check("dataset", "dataset.fingerprint", PASS, f"fingerprint and manifest match {manifest_path}")
+    ]
     if manifest.get("fingerprint_matches_official") is False:
         checks.append(
             _check(

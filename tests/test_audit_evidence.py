@@ -48,12 +48,6 @@ def pristine(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def repo(pristine, tmp_path) -> Path:
-    shutil.copytree(pristine, tmp_path / "repo")
-    return tmp_path / "repo"
-
-
 def audit(root: Path):
     return run_audit(AuditConfig(root=root, canary="nowhere.json"))
 

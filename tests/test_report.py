@@ -22,6 +22,7 @@ from smoothnet.records import record_hash, validate_record, write_record
 from smoothnet.report.build import render_report
 from smoothnet.report.published import PublishedError, load_published
 from smoothnet.report.runs import ReportInputError, ReportOptions
+from tests.support.records import environment, performance
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "paper" / "published.yaml"
@@ -116,21 +117,8 @@ def make_record(
             "final_test_accuracy": test_at_best - 0.005,
             "history": history,
         },
-        "performance": {
-            "wall_time_s": 12.5,
-            "images_per_second": 900.0,
-            "peak_memory_bytes": 1 << 28,
-            "device": "cpu",
-        },
-        "environment": {
-            "python": "3.11",
-            "torch": "2.14.1",
-            "opacus": "1.6.0",
-            "cuda": None,
-            "cudnn": None,
-            "git_revision": "0" * 40,
-            "git_dirty": False,
-        },
+        "performance": performance(),
+        "environment": environment(),
     }
     validate_record(record)
     return record

@@ -166,10 +166,8 @@ class AuditResult:
 
 
 def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
+    """``path`` relative to ``root``, POSIX-style, as the report manifest cites records."""
+    return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
 
 
 def _names(folders: str | list[str] | tuple[str, ...]) -> str:

@@ -193,11 +193,7 @@ def _check_accuracies(record: dict[str, Any], path: Path) -> None:
 
 def repo_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
     """``path`` relative to the repository ``root``, POSIX-style, as the report manifest cites files."""
-    resolved, root = Path(path).resolve(), Path(root).resolve()
-    try:
-        return resolved.relative_to(root).as_posix()
-    except ValueError:
-        return Path(os.path.relpath(resolved, root)).as_posix()
+    return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
 
 
 def collect_runs(

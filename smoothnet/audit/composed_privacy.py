@@ -275,7 +275,9 @@ def _composed_by_accountant(privacy: dict[str, Any], table: dict[str, float]) ->
     for name, value in sorted((privacy.get("epsilon_by_accountant") or {}).items()):
         field = f"privacy.epsilon_by_accountant.{name}"
         if name not in table:
-            checks.append(_check("composed epsilon by accountant", field, FAIL, f"unknown accountant {name!r}"))
+            checks.append(
+                _check("composed epsilon by accountant", field, FAIL, f"unknown accountant {name!r}")
+            )
             continue
         ok = isinstance(value, int | float) and abs(value - table[name]) <= EPSILON_TOLERANCE
         checks.append(

@@ -16,17 +16,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from smoothnet.audit.checks import (
-    FAIL,
-    PASS,
-    SKIP,
-    WARN,
-    Check,
-    check_maker,
-    diff_values,
-    lookup_dotted,
-    short,
-)
+import dpath
+
+from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check, check_maker, diff_values, short
 from smoothnet.audit.dvclock import dvc_md5, dvcignore_filter, entries
 from smoothnet.io import loads_json, sha256_file
 from smoothnet.params import ParamsError, resolve_run, run_group, stage_name
@@ -197,7 +189,7 @@ def _lock_params(record: dict[str, Any], stage: dict[str, Any], params: dict[str
     if params is not None:
         for key, value in sorted(locked.items()):
             try:
-                now = lookup_dotted(params, key)
+                now = dpath.get(params, key, separator=".")  # how DVC reads a locked params key
             except KeyError:
                 checks.append(
                     _check(

@@ -344,6 +344,16 @@ def test_param_changed_after_run_fails_naming_run_and_field(repo):
     }
 
 
+def test_locked_params_key_gone_from_params_fails_naming_it(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    del params["runs"][DP_RUN]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    result = audit(repo)
+    gone = [c for where, c in result.failures if where == DP_RUN and c.field == f"params.yaml:runs.{DP_RUN}"]
+    assert len(gone) == 1 and "locked but gone from params.yaml" in gone[0].message
+    assert not any(c.field.startswith("params.yaml:") for where, c in result.failures if where != DP_RUN)
+
+
 def test_record_from_another_dataset_copy_fails(tmp_path):
     root = build_repo(tmp_path, fingerprint=OTHER_COPY)  # otherwise consistent: lock and report agree
     result = audit(root)

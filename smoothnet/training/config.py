@@ -30,7 +30,9 @@ class TrainConfig:
     """One training run. Privacy claim: (target_epsilon, delta)-DP for the training set under the
     chosen accountant, with Poisson sampling at q = 1/len(loader) (Opacus' convention).
 
-    Fields mirror the keys of ``train`` / ``runs.<run_id>`` in params.yaml.
+    Fields mirror the keys of ``train`` / ``runs.<run_id>`` in params.yaml; the defaults are params.yaml's
+    ``train`` values (tests/test_params.py checks they agree), except the code-only ``allow_non_poisson``
+    and ``channels_last``, which no run sets.
     """
 
     run_id: str
@@ -48,7 +50,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     epochs: int = 180
     logical_batch_size: int = 256
-    physical_batch_size: int = 64
+    physical_batch_size: int = 128
     optimizer: str = "sgd"
     lr: float = 0.002
     momentum: float = 0.9

@@ -101,7 +101,8 @@ def random_streams(
 
 @dataclass
 class PrivateSetup:
-    """What a DP training loop needs; ``backward(logits, targets, group_size)`` does the mode's backward."""
+    """What a DP training loop needs; ``backward(logits, targets, group_size)`` does the mode's backward
+    (with ``row_weight``, a padded batch's loss weights: the package's clipping module only)."""
 
     model: nn.Module  # the wrapped module (call it for training forward passes)
     module: nn.Module  # the plain model underneath (for evaluation and checkpoints)
@@ -112,7 +113,8 @@ class PrivateSetup:
     sample_rate: float  # the q the sampler draws with (and the accountant accounts)
     expected_batch_size: float
     method: str  # str(per_sample): the form run records keep
-    backward: Callable[[Tensor, Tensor, int], Tensor]
+    # backward(logits, targets, group_size, row_weight=None); row_weight: padded batches (fixed_shape.py)
+    backward: Callable[..., Tensor]
     steps_per_epoch: int = 0  # logical batches the loader yields per epoch
     noise_source: str = "seeded"  # of RandomStreams; "global" when make_private drew from torch's global RNG
     per_sample: PerSampleMethod | None = None  # the method as a value (``method`` is its string form)
@@ -218,7 +220,16 @@ def _make_private_opacus(
     # but not the mechanism run): account the rate the sampler draws with.
     dp_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
 
-    def backward(logits: Tensor, targets: Tensor, group_size: int) -> Tensor:
+    def backward(
+        logits: Tensor, targets: Tensor, group_size: int, row_weight: Tensor | None = None
+    ) -> Tensor:
+        if row_weight is not None:
+            # Opacus' mean reduction rescales every captured output gradient by the rows of the batch
+            # (GradSampleModule: backprops * n): padded rows would change each per-sample gradient's rounding.
+            raise ValueError(
+                f"fixed-shape (padded) batches need the package's clipping module; grad_sample_mode {method!r} "
+                "rescales per-sample gradients by the padded batch's row count; use grad_sample_mode: fast"
+            )
         if group_size != 1:
             raise ValueError(
                 "augmentation_multiplicity > 1 needs per-example clipping of the views' mean gradient, which "
@@ -296,10 +307,17 @@ def _make_private_fast(
     privacy_accountant = create_accountant(accountant)
     dp_optimizer.attach_step_hook(privacy_accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
 
-    def backward(logits: Tensor, targets: Tensor, group_size: int) -> Tensor:
+    def backward(
+        logits: Tensor, targets: Tensor, group_size: int, row_weight: Tensor | None = None
+    ) -> Tensor:
         per_sample = F.cross_entropy(logits, targets, reduction="none")
-        wrapped.clipped_backward(per_sample, group_size=group_size)
-        return per_sample.detach().mean()
+        if row_weight is None:
+            wrapped.clipped_backward(per_sample, group_size=group_size)
+            return per_sample.detach().mean()
+        # Padding rows (weight exactly 0) get an exactly zero gradient: they add nothing to the clipped sum.
+        weight = row_weight.to(per_sample.dtype)
+        wrapped.clipped_backward(per_sample * weight, group_size=group_size)
+        return (per_sample.detach() * weight).sum() / weight.sum().clamp(min=1)
 
     return PrivateSetup(
         model=wrapped,

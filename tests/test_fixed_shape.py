@@ -102,7 +102,7 @@ def _dp_run(make, shape, method, padded, views=1, steps=2):
 
     taken = 0
     if padded:
-        for batch in FixedShapePoissonBatches.from_loader(setup.loader, PHYSICAL, setup.optimizer):
+        for batch in setup.fixed_shape_batches(PHYSICAL):
             assert batch.rows > 0, "an empty batch: pick another seed"
             x, y = batch.x.repeat_interleave(views, 0), batch.y.repeat_interleave(views, 0)
             x, y, weight = pad_batch(x, y, PHYSICAL, views)
@@ -181,6 +181,8 @@ def test_opacus_modes_refuse_padded_batches(method):
     x, y, weight = pad_batch(data.tensors[0][:4], data.tensors[1][:4], PHYSICAL)
     with pytest.raises(ValueError, match="row count"):
         setup.backward(setup.model(x), y, 1, row_weight=weight)
+    with pytest.raises(ValueError, match="clipping module"):
+        setup.fixed_shape_batches(PHYSICAL)
 
 
 def test_batches_are_opacus_batches():
@@ -267,3 +269,15 @@ def test_pad_rows_keeps_values_and_memory_format():
     assert weight.tolist() == [1, 1, 1, 1, 0, 0] and targets.tolist() == [1, 1, 1, 1, 0, 0]
     with pytest.raises(ValueError, match="does not fit"):
         pad_rows(x, 2)
+
+
+def test_drop_in_for_batch_memory_manager():
+    """``with ... as batches: for x, y in batches`` works as with BatchMemoryManager; the empty logical batch
+    is an empty pair (the trainer's noise-only step)."""
+    data = TensorDataset(torch.arange(10.0).view(10, 1), torch.arange(10))
+    batches = FixedShapePoissonBatches(
+        data.tensors, 0.05, steps=50, physical=4, generator=torch.Generator().manual_seed(0)
+    )
+    with batches as managed:
+        sizes = [len(y) for x, y in managed]
+    assert 0 in sizes and max(sizes) <= 4 and len(batches) == 50

@@ -119,6 +119,18 @@ class PrivateSetup:
     noise_source: str = "seeded"  # of RandomStreams; "global" when make_private drew from torch's global RNG
     per_sample: PerSampleMethod | None = None  # the method as a value (``method`` is its string form)
 
+    def fixed_shape_batches(self, physical: int, device: torch.device | str | None = None):
+        """The loader's Poisson batches as physical batches to pad to ``physical`` rows
+        (:class:`smoothnet.training.fixed_shape.FixedShapePoissonBatches`, the data moved to ``device``):
+        a drop-in for ``BatchMemoryManager``. Only the package's clipping module takes padded rows."""
+        if self.per_sample is None or self.per_sample.is_opacus:
+            raise ValueError(
+                f"fixed-shape batches need the package's clipping module (grad_sample_mode fast), not {self.method!r}"
+            )
+        from smoothnet.training.fixed_shape import FixedShapePoissonBatches
+
+        return FixedShapePoissonBatches.from_loader(self.loader, physical, self.optimizer, device)
+
 
 def calibrate_noise(
     target_epsilon: float, delta: float, sample_rate: float, epochs: int, accountant: str

@@ -35,6 +35,10 @@ class PhysicalBatch:
     rows: int
     last: bool
 
+    def __iter__(self):
+        """``x, y = batch``: a drop-in for the ``(x, y)`` pairs ``BatchMemoryManager`` yields."""
+        return iter((self.x, self.y))
+
 
 def split_sizes(n: int, physical: int) -> list[int]:
     """Sizes of the parts ``BatchMemoryManager`` cuts a logical batch of ``n`` into (``np.array_split``
@@ -97,6 +101,13 @@ class FixedShapePoissonBatches:
 
     def __len__(self) -> int:
         return self.steps
+
+    def __enter__(self) -> FixedShapePoissonBatches:
+        """A context manager like ``BatchMemoryManager``, so a training loop can take either."""
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
 
     def logical_batches(self) -> Iterator[tuple[Tensor, int]]:
         """Per step: the selected-first index order (on the data's device) and the batch size."""

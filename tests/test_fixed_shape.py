@@ -281,3 +281,11 @@ def test_drop_in_for_batch_memory_manager():
     with batches as managed:
         sizes = [len(y) for x, y in managed]
     assert 0 in sizes and max(sizes) <= 4 and len(batches) == 50
+
+
+def test_from_loader_refuses_a_non_poisson_loader():
+    from torch.utils.data import DataLoader
+
+    data = TensorDataset(torch.zeros(8, 1), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match="Poisson"):
+        FixedShapePoissonBatches.from_loader(DataLoader(data, batch_size=4), physical=4)

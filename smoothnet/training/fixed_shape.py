@@ -95,7 +95,13 @@ class FixedShapePoissonBatches:
     def from_loader(cls, loader, physical: int, optimizer=None, device=None) -> FixedShapePoissonBatches:
         """From an Opacus ``DPDataLoader`` over a ``TensorDataset`` (its sampler's q, steps and generator);
         the data are moved to ``device`` once."""
+        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
         sampler = loader.batch_sampler
+        if type(sampler) is not UniformWithReplacementSampler:  # the distributed sampler shards differently
+            raise ValueError(
+                f"fixed-shape batches need a single-process Poisson loader, got a {type(sampler).__name__}"
+            )
         tensors = tuple(t.to(device) if device is not None else t for t in loader.dataset.tensors)
         return cls(tensors, sampler.sample_rate, sampler.steps, physical, sampler.generator, optimizer)
 

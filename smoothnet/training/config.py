@@ -72,6 +72,9 @@ class TrainConfig:
     seed: int = 0
     # DP runs: noise, Poisson masks and augmentation from OS entropy (releasable, not reproducible)
     secure_noise: bool = False
+    # DP runs with the package's clipping module: pad every physical batch to physical_batch_size with rows
+    # of loss weight 0 (smoothnet.training.fixed_shape), one shape for a compiled or captured step
+    fixed_shape_batches: bool = False
 
     @classmethod
     def from_params(cls, resolved: dict[str, Any]) -> TrainConfig:

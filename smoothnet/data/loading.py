@@ -83,6 +83,17 @@ class PreparedData:
             self._cache[name] = (torch.from_numpy(images), torch.from_numpy(labels))
         return self._cache[name]
 
+    def count(self, name: str) -> int:
+        """Number of examples in a split (the manifest's count, which loading checks the arrays against)."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; splits: {', '.join(SPLITS)}")
+        return int(self.manifest["counts"][name]["total"])
+
+    def release_images(self) -> None:
+        """Forget the loaded splits: a model trained on precomputed features needs the images only until the
+        features are computed (the trainer keeps the labels it uses). A later :meth:`split` loads again."""
+        self._cache.clear()
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Normalise a uint8 batch to float32 with this dataset's mean/std."""
         mean, std = self._stats()

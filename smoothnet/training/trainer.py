@@ -7,6 +7,8 @@ by epoch, then write the record. Deterministic on CPU for a given seed.
 
 from __future__ import annotations
 
+import copy
+import ctypes
 import os
 import resource
 import time
@@ -24,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from smoothnet.models import build_model, count_parameters
 from smoothnet.privacy.accounting import noise_for_target, opacus_sample_rate
-from smoothnet.privacy.dp_statistics import StatisticsRelease, fit_statistics
+from smoothnet.privacy.dp_statistics import StatisticsRelease, find_standardize, fit_statistics
 from smoothnet.privacy.method_select import MethodChoice
 from smoothnet.records import (
     DatasetSection,
@@ -61,6 +63,18 @@ from smoothnet.training.setups import NonPrivateTraining, PrivateTraining
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TimeLimitReached(RuntimeError):
+    """The run stopped at an epoch boundary because its time limit would be passed; its checkpoint holds
+    everything to resume (the same command continues it to the same record)."""
+
+    def __init__(self, run_id: str, epoch: int, epochs: int, checkpoint: Path) -> None:
+        super().__init__(
+            f"run {run_id!r}: stopped at the time limit after epoch {epoch} of {epochs}; the checkpoint "
+            f"{checkpoint} is kept: run the same command to resume"
+        )
+        self.epoch, self.epochs, self.checkpoint = epoch, epochs, checkpoint
 
 
 @dataclass
@@ -131,6 +145,8 @@ def _train(
     device: torch.device | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[int], None] | None = None,
+    time_limit_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """The body of :func:`train` (called with the run's lock held).
 
@@ -144,9 +160,14 @@ def _train(
         device: defaults to CUDA when available.
         progress: show progress (a bar per epoch on a terminal, plain lines in a log) and a line per epoch.
         on_epoch_end: called with the completed epoch number after its checkpoint is written.
+        time_limit_s: stop with :class:`TimeLimitReached` after the epoch whose checkpoint is the last that
+            fits: once the time since the call started, plus the longest epoch of this session, would pass
+            the limit. A run option, not a training parameter: no part of the record or fingerprint.
+        clock: seconds, for the time limit (tests pass a fake one).
     """
     from smoothnet.data import load_prepared
 
+    called_at = clock()
     context = DistributedContext.from_env()
     device = rank_device(context, device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     init_distributed(context, device)
@@ -187,8 +208,9 @@ def _train(
     live = _open_live(paths.run_dir, state.history) if context.is_main else None
 
     session_start, session_first_epoch = time.perf_counter(), state.epoch
+    longest_epoch = 0.0
     while state.epoch < config.epochs:
-        started = time.perf_counter()
+        started, epoch_began = time.perf_counter(), clock()
         if hasattr(run.train_loader.sampler, "set_epoch"):
             run.train_loader.sampler.set_epoch(state.epoch)
         epoch_lr = run.optimizer.param_groups[0]["lr"]
@@ -216,6 +238,13 @@ def _train(
         _barrier(context)
         if on_epoch_end is not None:
             on_epoch_end(state.epoch)
+        longest_epoch = max(longest_epoch, clock() - epoch_began)
+        if state.epoch < config.epochs and _out_of_time(
+            clock() - called_at, longest_epoch, time_limit_s, context
+        ):
+            raise TimeLimitReached(
+                config.run_id, state.epoch, config.epochs, paths.checkpoint_dir / "last.pt"
+            )
     typed = build_record(config, run, state, data, device, paths, resolved_params, profile)
     typed.environment.update(git_revision=revision, git_dirty=dirty)
     typed.stage = stage or typed.stage
@@ -226,6 +255,20 @@ def _train(
         write_record(paths.record_path, record)
     _barrier(context)
     return record
+
+
+def _out_of_time(
+    elapsed: float, longest_epoch: float, limit: float | None, context: DistributedContext
+) -> bool:
+    """Whether another epoch would pass the limit; rank 0 decides for all ranks (their clocks differ)."""
+    if limit is None:
+        return False
+    stop = elapsed + longest_epoch > limit
+    if context.enabled:
+        decision = [stop]
+        torch.distributed.broadcast_object_list(decision, src=0)
+        stop = decision[0]
+    return stop
 
 
 def _barrier(context: DistributedContext) -> None:
@@ -306,6 +349,28 @@ def prepare_run(
         )
     frontend = getattr(model, "frozen_frontend", None)
     features_precomputed = frontend is not None
+    module = model.head if features_precomputed else model
+    if features_precomputed and config.augmentation_multiplicity:
+        raise ConfigError(
+            f"run {config.run_id!r}: augmentation needs images; model {config.model!r} "
+            "trains on fixed features (set augmentation_multiplicity: 0)"
+        )
+    method_choice = None
+    if config.private:
+        # Timed before the features exist: the candidates' per-example gradients would otherwise peak on
+        # top of them (the ScatterNet features of CIFAR-10 are 3.7 GB). Timing never touches the module.
+        example = _features(frontend, train_x[:1], mean, std, device) if features_precomputed else train_x[:1]
+        method_choice = choose_method_for_run(
+            config,
+            device,
+            image_size,
+            _timing_copy(module),
+            tuple(example.shape[1:]),
+            channels_last,
+            context,
+            saved_choice,
+        )
+        release_free_memory()
     eval_sets: dict[str, EvalSet] = {}
     # Trained-on validation images are no validation set: evaluate on test only (never tune on it).
     for split in ("test",) if config.train_on_validation else ("val", "test"):
@@ -317,13 +382,9 @@ def prepare_run(
         else:
             eval_sets[split] = EvalSet(x.to(device), y.to(device), False)
     if features_precomputed:
-        if config.augmentation_multiplicity:
-            raise ConfigError(
-                f"run {config.run_id!r}: augmentation needs images; model {config.model!r} "
-                "trains on fixed features (set augmentation_multiplicity: 0)"
-            )
         train_dataset = TensorDataset(_features(frontend, train_x, mean, std, device).cpu(), train_y)
-        module = model.head
+        del train_x
+        data.release_images()  # only the features are trained and evaluated on from here
         statistics = fit_statistics(
             module,
             train_dataset.tensors[0],
@@ -332,7 +393,6 @@ def prepare_run(
         )
     else:
         train_dataset = TensorDataset(train_x, train_y)
-        module = model
         statistics = None
 
     ema = None
@@ -342,11 +402,7 @@ def prepare_run(
     optimizer = torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    method_choice = None
     if config.private:
-        method_choice = choose_method_for_run(
-            config, device, image_size, module, train_dataset, channels_last, context, saved_choice
-        )
         method = method_choice.method
         _check_private_setup(config, method, channels_last, context, len(train_y))
         setup = make_private(
@@ -472,7 +528,7 @@ def choose_method_for_run(
     device: torch.device,
     image_size: int | None,
     module: nn.Module,
-    train_dataset: TensorDataset,
+    example_shape: tuple[int, ...],
     channels_last: bool,
     context: DistributedContext,
     saved_choice: MethodChoice | None = None,
@@ -491,10 +547,31 @@ def choose_method_for_run(
         return saved_choice
     k = max(config.augmentation_multiplicity, 1)
     methods = method_select.candidates(device.type, _needs_our_module(config), channels_last)
-    example_shape = tuple(train_dataset.tensors[0].shape[1:])
     return method_select.autotune(
         module, example_shape, config.physical_batch_size * k, device, methods, config.max_grad_norm
     )
+
+
+def _timing_copy(module: nn.Module) -> nn.Module:
+    """``module`` itself, or where it standardises with statistics not yet fitted a copy of it with
+    placeholder ones (mean 0, variance 1): what the timing of a per-sample method needs, the run never
+    sees."""
+    layer = find_standardize(module)
+    if layer is None or bool(layer.ready):
+        return module
+    probe = copy.deepcopy(module)
+    standardize = find_standardize(probe)
+    standardize.set_statistics(torch.zeros_like(standardize.mean), torch.ones_like(standardize.var))
+    return probe
+
+
+def release_free_memory() -> None:
+    """Hand the pages the C allocator keeps after frees back to the OS (glibc's ``malloc_trim``), so one
+    phase's transients do not stay resident under the next phase's peak; a no-op without glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @torch.no_grad()
@@ -719,8 +796,8 @@ def build_record(
             fingerprint=dict(data.manifest.get("fingerprint", {})),
             manifest_sha256=data.manifest_sha256,
             n_train=run.n_train,
-            n_val=0 if config.train_on_validation else len(data.split("val")[1]),
-            n_test=len(data.split("test")[1]),
+            n_val=0 if config.train_on_validation else data.count("val"),
+            n_test=data.count("test"),
         ),
         privacy=PrivacySection(**privacy),
         training=TrainingSection(

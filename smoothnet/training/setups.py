@@ -82,6 +82,14 @@ class NonPrivateTraining:
         """Examples trained on, for the throughput."""
         return examples * world_size
 
+    def released_train_metrics(self, loss: float, accuracy: float) -> dict[str, Any]:
+        """Training loss and accuracy of an epoch, for the record and DVCLive."""
+        return {"train_loss": loss, "train_accuracy": accuracy}
+
+    def progress_postfix(self, mean_loss: float) -> dict[str, str]:
+        """The running training loss, for the progress bar."""
+        return {"loss": f"{mean_loss:.3f}"}
+
     def divergence(self, loss: Tensor, took_step: bool) -> str | None:
         """Why the run must stop: a non-finite loss."""
         return None if torch.isfinite(loss) else f"loss became {loss.item()}"
@@ -167,6 +175,15 @@ class PrivateTraining:
         """Steps times the expected batch size: the sampled count is a raw statistic of the private data (it
         moves with one example), so the throughput is computed from public values."""
         return round(steps * self.setup.sample_rate * n_train)
+
+    def released_train_metrics(self, loss: float, accuracy: float) -> dict[str, Any]:
+        """None: raw means over private examples (no clipping, no noise) stay out of the record and DVCLive,
+        which are released; only held-out metrics are."""
+        return {}
+
+    def progress_postfix(self, mean_loss: float) -> dict[str, str]:
+        """None: the raw training loss is private, not even shown on the console."""
+        return {}
 
     def divergence(self, loss: Tensor, took_step: bool) -> str | None:
         """Why the run must stop, decided from the parameters after a noisy step only (post-processing of

@@ -642,8 +642,9 @@ def _train_one_epoch(
             total_loss += loss.item() * len(y)
             correct += (logits.argmax(1) == targets).float().view(-1, k).mean(1).sum().item()
             seen += len(y)
-            if not run.training.private:  # a DP run's raw training loss is private: not even on the console
-                bar.set_postfix(loss=f"{total_loss / max(seen, 1):.3f}")
+            postfix = run.training.progress_postfix(total_loss / max(seen, 1))
+            if postfix:  # none for a DP run
+                bar.set_postfix(**postfix)
     return total_loss / max(seen, 1), correct / max(seen, 1), seen
 
 
@@ -686,10 +687,7 @@ def _evaluate_epoch(
     epoch_lr: float,
 ) -> dict[str, Any]:
     metrics: dict[str, Any] = {"epoch": state.epoch, "steps": state.steps}
-    if not config.private:
-        # Raw means over private examples (no clipping, no noise): a DP run keeps them out of its record
-        # and DVCLive, which are released; only held-out metrics are.
-        metrics.update(train_loss=train_loss, train_accuracy=train_accuracy)
+    metrics.update(run.training.released_train_metrics(train_loss, train_accuracy))
     metrics["lr"] = epoch_lr  # the rate this epoch trained with (the scheduler has already stepped)
     for split, eval_set in run.eval_sets.items():
         metrics[f"{split}_accuracy"] = accuracy(run.module, eval_set, run.mean, run.std)

@@ -40,6 +40,7 @@ from smoothnet.records import (
 )
 from smoothnet.training.batches import augmentation_views, normalize
 from smoothnet.training.checkpoint import (
+    CHECKPOINT_NAME,
     CheckpointUnreadable,
     RunState,
     checkpoint_state,
@@ -243,7 +244,7 @@ def _train(
             clock() - called_at, longest_epoch, time_limit_s, context
         ):
             raise TimeLimitReached(
-                config.run_id, state.epoch, config.epochs, paths.checkpoint_dir / "last.pt"
+                config.run_id, state.epoch, config.epochs, paths.checkpoint_dir / CHECKPOINT_NAME
             )
     typed = build_record(config, run, state, data, device, paths, resolved_params, profile)
     typed.environment.update(git_revision=revision, git_dirty=dirty)

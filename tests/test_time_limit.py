@@ -70,7 +70,9 @@ def test_a_time_limited_dp_run_resumed_gives_the_uninterrupted_record(prepared, 
               on_epoch_end=clock.epoch_done)  # fmt: skip
     assert stopped.value.checkpoint == paths.checkpoint_dir / "last.pt" and stopped.value.checkpoint.exists()
     assert not paths.record_path.exists()
-    resumed = train(config, paths, resolved_params=PARAMS, progress=False, time_limit_s=25.0, clock=clock)
+    # The limit is no training parameter: a resume without it continues the checkpoint, never sets it aside.
+    resumed = train(config, paths, resolved_params=PARAMS, progress=False)
+    assert not list(paths.checkpoint_dir.glob("last.pt.*"))
     whole = train(config, RunPaths(prepared, tmp_path / "run2", tmp_path / "ckpt2"), resolved_params=PARAMS,
                   progress=False)  # fmt: skip
     assert _without_performance(resumed) == _without_performance(whole)

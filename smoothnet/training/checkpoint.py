@@ -99,7 +99,8 @@ def checkpoint_state(config: TrainConfig, run, state: RunState, context) -> dict
     return {
         "config_fingerprint": config_fingerprint(config),
         "code_digests": code_digests(),
-        "full_model": run.full_model.state_dict(),  # the trainable module's weights are part of it
+        "module": run.module.state_dict(),  # the trained weights alone (what a released model is)
+        "full_model": run.full_model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "ema": run.ema.state_dict() if run.ema is not None else None,

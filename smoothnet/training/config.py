@@ -18,7 +18,13 @@ from typing import Any, Literal, Union
 ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("auto", "fast", "hooks", "functorch", "ew", "ghost")
 OPTIMIZERS = ("sgd",)
-LR_SCHEDULES = ("step", "constant", "cosine_epoch", "cosine_opacus", "cosine_step")  # smoothnet.training.schedules
+LR_SCHEDULES = (
+    "step",
+    "constant",
+    "cosine_epoch",
+    "cosine_opacus",
+    "cosine_step",
+)  # smoothnet.training.schedules
 
 
 class ConfigError(ValueError):

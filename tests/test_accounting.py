@@ -43,7 +43,7 @@ def test_sample_rate_is_one_over_loader_length():
 
 
 def test_paper_setting_all_four_accountants_pinned():
-    """SPEC 3: CIFAR-10, q = 1/157, 180 epochs, RDP epsilon 7 -> sigma ~1.01, ~6.4-6.5 under PRV/PLD."""
+    """The paper's CIFAR-10 setting: q = 1/157, 180 epochs, RDP epsilon 7 -> sigma ~1.01, ~6.4-6.5 under PRV/PLD."""
     sigma = noise_for_target(7.0, DELTA, Q_CIFAR, epochs=180, accountant="rdp")
     assert sigma == 1.01318359375
     table = epsilon_table(sigma, Q_CIFAR, STEPS_CIFAR_180, DELTA)
@@ -65,7 +65,7 @@ def test_paper_setting_all_four_accountants_pinned():
 @pytest.mark.parametrize(
     ("q", "epochs", "target", "sigma", "rdp_eps", "dpa_rdp_eps"),
     [
-        # SPEC 3 implied sigmas: opacus RDP value, then dp-accounting RDP value at the same sigma
+        # the paper settings' implied sigmas: opacus RDP value, then dp-accounting RDP value at the same sigma
         (1 / 157, 120, 7.0, 0.9027099609375, 6.992211643353734, 6.9922116433536905),
         (1 / 157, 180, 1.0, 4.4140625, 0.9964338322687883, 0.9964338322682129),
         (1 / 157, 180, 3.0, 1.7529296875, 2.997284167786587, 2.9972841677863418),
@@ -116,18 +116,26 @@ def test_noise_for_target_dp_accounting_meets_target():
     assert sigmas["prv"] < sigmas["rdp"]
 
 
-def test_history_with_segments_composes():
-    history = [(1.2, 0.01, 300), (0.9, 0.02, 200)]
-    for accountant in ACCOUNTANTS:
-        both = compute_epsilon(history=history, delta=DELTA, accountant=accountant)
-        first = compute_epsilon(*history[0], DELTA, accountant)
-        second = compute_epsilon(*history[1], DELTA, accountant)
-        assert both > max(first, second), accountant
-    # splitting one segment into two equal ones changes nothing
+TWO_SEGMENTS = [(1.2, 0.01, 300), (0.9, 0.02, 200)]
+
+
+@pytest.mark.parametrize("accountant", ACCOUNTANTS)
+def test_history_with_segments_composes(accountant):
+    history = TWO_SEGMENTS
+    both = compute_epsilon(history=history, delta=DELTA, accountant=accountant)
+    first = compute_epsilon(*history[0], DELTA, accountant)
+    second = compute_epsilon(*history[1], DELTA, accountant)
+    assert both > max(first, second), accountant
+
+
+def test_history_split_into_equal_segments_changes_nothing():
     one = compute_epsilon(1.1, 0.01, 400, DELTA, "rdp")
     split = compute_epsilon(history=[(1.1, 0.01, 150), (1.1, 0.01, 250)], delta=DELTA, accountant="rdp")
     assert split == pytest.approx(one, rel=1e-12)
-    # the independent implementation agrees on the two-segment history
+
+
+def test_history_rdp_agrees_with_dp_accounting():
+    history = TWO_SEGMENTS
     acc = rdp_privacy_accountant.RdpAccountant()
     for sigma, q, steps in history:
         event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))

@@ -28,6 +28,7 @@ from smoothnet.io import atomic_write_json, sha256_file
 from smoothnet.params import resolve_run
 from smoothnet.privacy.accounting import compute_epsilon, noise_for_target
 from smoothnet.records import SCHEMA_VERSION, record_hash, validate_record
+from tests.support.records import environment, performance
 
 N_TRAIN, BATCH, EPOCHS, DELTA = 10_000, 100, 2, 1e-5
 Q = 1 / 100  # 1 / ceil(10000 / 100)
@@ -137,21 +138,8 @@ def build_record(params: dict[str, Any], run_id: str, fingerprint: dict[str, str
             "final_test_accuracy": 0.46,
             "history": history,
         },
-        "performance": {
-            "wall_time_s": 1.0,
-            "images_per_second": 2e4,
-            "peak_memory_bytes": 1,
-            "device": "cpu",
-        },
-        "environment": {
-            "python": "3.11",
-            "torch": "2.14.1",
-            "opacus": "1.6.0",
-            "cuda": None,
-            "cudnn": None,
-            "git_revision": "0123456789abcdef",
-            "git_dirty": False,
-        },
+        "performance": performance(),
+        "environment": environment("0123456789abcdef"),
     }
     validate_record(record)
     return record
@@ -225,15 +213,6 @@ def edit_record(root: Path, run_id: str, edit) -> None:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     return build_repo(tmp_path_factory.mktemp("pristine"))
-
-
-@pytest.fixture
-def repo(pristine, tmp_path) -> Path:
-    import shutil
-
-    target = tmp_path / "repo"
-    shutil.copytree(pristine, target)
-    return target
 
 
 # ----------------------------------------------------------------------------- consistent set
@@ -363,6 +342,16 @@ def test_param_changed_after_run_fails_naming_run_and_field(repo):
         "params.max_grad_norm",
         f"params.yaml:runs.{DP_RUN}.max_grad_norm",
     }
+
+
+def test_locked_params_key_gone_from_params_fails_naming_it(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    del params["runs"][DP_RUN]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    result = audit(repo)
+    gone = [c for where, c in result.failures if where == DP_RUN and c.field == f"params.yaml:runs.{DP_RUN}"]
+    assert len(gone) == 1 and "locked but gone from params.yaml" in gone[0].message
+    assert not any(c.field.startswith("params.yaml:") for where, c in result.failures if where != DP_RUN)
 
 
 def test_record_from_another_dataset_copy_fails(tmp_path):

@@ -13,8 +13,8 @@ import yaml
 
 from smoothnet.audit.cli import EXIT_CRASHED, EXIT_FAILED, EXIT_PASSED, add_arguments
 from smoothnet.audit.cli import main as audit_main
-from smoothnet.audit.dvclock import md5_file
 from smoothnet.audit.runner import AuditConfig, run_audit
+from smoothnet.data.download import md5_file
 from smoothnet.io import atomic_write_json, sha256_file
 from tests.test_audit import DP_RUN, NODP_RUN, PARAMS, PRV_RUN, build_repo, edit_record, failing
 
@@ -46,12 +46,6 @@ def pristine(tmp_path_factory) -> Path:
     root = build_repo(tmp_path_factory.mktemp("pristine"))
     _lock_everything(root)
     return root
-
-
-@pytest.fixture
-def repo(pristine, tmp_path) -> Path:
-    shutil.copytree(pristine, tmp_path / "repo")
-    return tmp_path / "repo"
 
 
 def audit(root: Path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from smoothnet.audit.cli import add_arguments
 from smoothnet.audit.cli import main as audit_main
-from tests.test_audit import pristine, repo  # noqa: F401  (fixtures: a consistent set of stored results)
+from tests.test_audit import pristine  # noqa: F401  (the fixture of a consistent set of stored results)
 
 
 def _audit(root, *extra):
@@ -22,7 +22,7 @@ def _audit(root, *extra):
     return audit_main(parser.parse_args(["--root", str(root), *extra]))
 
 
-def test_audit_without_the_data_keeps_the_stored_audit(repo, capsys):  # noqa: F811
+def test_audit_without_the_data_keeps_the_stored_audit(repo, capsys):
     assert _audit(repo) == 0
     stored = {name: (repo / "audit" / name).read_bytes() for name in ("audit.md", "audit.json")}
     capsys.readouterr()
@@ -37,7 +37,7 @@ def test_audit_without_the_data_keeps_the_stored_audit(repo, capsys):  # noqa: F
     assert json.loads((Path(weaker) / "audit.json").read_text()) != skipped_before
 
 
-def test_explicit_out_is_always_written_and_the_summary_counts_statuses(repo, tmp_path, capsys):  # noqa: F811
+def test_explicit_out_is_always_written_and_the_summary_counts_statuses(repo, tmp_path, capsys):
     assert _audit(repo) == 0
     shutil.rmtree(repo / "data")
     assert _audit(repo, "--out", str(tmp_path / "mine")) == 0

@@ -246,18 +246,19 @@ def test_unreachable_download_falls_back_to_the_mirror(tiny, tmp_path):
     }
 
 
-def test_offline_without_the_mirror_names_the_download_and_both_mirror_settings(tiny, tmp_path):
+@pytest.mark.parametrize("mirror_given", [False, True])
+def test_offline_without_the_mirror_names_the_download_and_both_mirror_settings(tiny, tmp_path, mirror_given):
     from smoothnet.data.catalog import ArchiveSpec
     from smoothnet.data.download import HostUnreachableError
 
     spec = ArchiveSpec("http://127.0.0.1:9/cifar-10-python.tar.gz", CIFAR10.archive.md5, "c.tar.gz")
     nowhere = str(tmp_path / "nowhere")
-    for mirror, absent in ((None, ""), (nowhere, "mirror data.cifar10.mirror = '" + nowhere)):
-        with pytest.raises(HostUnreachableError) as error:
-            _prepare("cifar10", "download", tmp_path / "o", mirror=mirror, archive=spec, raw_dir=tmp_path)
-        message = str(error.value)
-        assert spec.url in message and absent in message
-        assert "data.cifar10.mirror" in message and "SMOOTHNET_CIFAR10_MIRROR" in message
+    mirror, absent = (nowhere, "mirror data.cifar10.mirror = '" + nowhere) if mirror_given else (None, "")
+    with pytest.raises(HostUnreachableError) as error:
+        _prepare("cifar10", "download", tmp_path / "o", mirror=mirror, archive=spec, raw_dir=tmp_path)
+    message = str(error.value)
+    assert spec.url in message and absent in message
+    assert "data.cifar10.mirror" in message and "SMOOTHNET_CIFAR10_MIRROR" in message
     assert not (tmp_path / "o").exists()
 
 

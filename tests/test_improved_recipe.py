@@ -1,4 +1,4 @@
-"""The "improved" recipe (issue 9): augmentation multiplicity keeps the accounting unchanged because an
+"""The "improved" recipe (`study: improved`): augmentation multiplicity keeps the accounting unchanged because an
 example's K views are averaged BEFORE clipping; EMA weights are evaluated beside the raw ones."""
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Model zoo: parameter counts, forward shapes, Opacus validation, registry errors.
 
 Parametrised over ``list_models()``: a newly registered model fails here until its parameter
-count is added to PARAMETER_COUNTS. Needs neither ../shared nor the network.
+count is added to PARAMETER_COUNTS. Needs neither the datasets nor the network.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -18,10 +19,10 @@ from smoothnet.models.registry import model_entry, model_options
 
 torch.set_num_threads(1)
 
-# (model, image size) -> parameters for 10 classes. Sources: SPEC section 2 (torchvision's ResNet-18/34,
-# DenseNet-121 and EfficientNet-B0 give exactly the SPEC numbers; BatchNorm -> GroupNorm keeps the
-# affine parameters), SPEC section 1 (SmoothNet W80D50), and the architectures' definitions for the
-# rest (Tramer-Boneh CNN 550,570; ScatterNet+linear 243*64*10+10; WRN-16-4 with weight
+# (model, image size) -> parameters for 10 classes. Sources: torchvision's ResNet-18/34, DenseNet-121 and
+# EfficientNet-B0 with a 10-class head (BatchNorm -> GroupNorm keeps the affine parameters), the SmoothNets
+# paper (Remerscheid et al. 2022, arXiv 2205.04095) for SmoothNet W80D50, and the architectures' definitions
+# for the rest (Tramer-Boneh CNN 550,570; ScatterNet+linear 243*64*10+10; WRN-16-4 with weight
 # standardisation = 2,751,562 + one gain per conv output channel).
 PARAMETER_COUNTS = {
     ("smoothnet", 32): 3_391_853,
@@ -85,12 +86,12 @@ def test_no_batchnorm_anywhere(name):
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def test_baselines_use_groupnorm_with_gcd_8_groups():
-    for name in ("resnet9", "resnet18", "resnet34", "densenet121", "efficientnet_b0"):
-        norms = [m for m in build_model(name).modules() if isinstance(m, nn.GroupNorm)]
-        assert norms, name
-        for norm in norms:
-            assert norm.num_groups == math.gcd(8, norm.num_channels), (name, norm)
+@pytest.mark.parametrize("name", ["resnet9", "resnet18", "resnet34", "densenet121", "efficientnet_b0"])
+def test_baselines_use_groupnorm_with_gcd_8_groups(name):
+    norms = [m for m in build_model(name).modules() if isinstance(m, nn.GroupNorm)]
+    assert norms, name
+    for norm in norms:
+        assert norm.num_groups == math.gcd(8, norm.num_channels), (name, norm)
 
 
 def test_resnet18_stem_depends_on_resolution():
@@ -132,8 +133,7 @@ def test_tempered_sigmoid_defaults_are_tanh():
     assert not torch.allclose(a(x), c(x))
 
 
-# SmoothNet variants against the thesis study (../shared/reference/thesis_study_table.md): exact
-# count here, and within one unit of the thesis' last printed digit (K or 100K).
+# SmoothNet variants against the thesis study (paper/published.yaml, source "thesis"): exact count here, and within one unit of the thesis' last printed digit (K or 100K).
 THESIS_VARIANTS = [
     (dict(connection="dense", width=8, depth=5), 3_391_853, 3_400_000, 50_000),
     (dict(connection="dense", width=8, depth=1), 601_069, 601_000, 1_000),
@@ -237,7 +237,22 @@ def test_unsupported_image_size_and_classes():
         build_model("resnet9", num_classes=1)
 
 
-def test_every_model_has_description_and_options_are_introspectable():
-    for name in list_models():
-        assert model_entry(name).description
-        assert isinstance(model_options(name), list)
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_has_description_and_accepts_exactly_its_listed_options(name):
+    entry = model_entry(name)
+    assert isinstance(entry.description, str) and entry.description.strip()
+    options = model_options(name)
+    assert isinstance(options, list) and not {"num_classes", "image_size"} & set(options)
+    signature = inspect.signature(entry.constructor)
+    defaults = {option: signature.parameters[option].default for option in options}
+    assert inspect.Parameter.empty not in defaults.values(), "every option needs a default"
+    # each listed option is accepted (at its default it builds the default model); anything else is refused
+    assert count_parameters(build_model(name, **defaults)) == count_parameters(build_model(name))
+    with pytest.raises(ValueError, match=r"does not accept option\(s\) \['not_an_option'\]"):
+        build_model(name, not_an_option=1)
+
+
+def test_model_options_are_the_constructors_keywords():
+    assert {"width", "depth", "connection", "norm", "pool", "activation"} <= set(model_options("smoothnet"))
+    assert {"scale", "temperature", "offset"} == set(model_options("papernot_tempered_sigmoid_cnn"))
+    assert model_options("resnet18") == []

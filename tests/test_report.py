@@ -22,6 +22,7 @@ from smoothnet.records import record_hash, validate_record, write_record
 from smoothnet.report.build import render_report
 from smoothnet.report.published import PublishedError, load_published
 from smoothnet.report.runs import ReportInputError, ReportOptions
+from tests.support.records import environment, performance
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "paper" / "published.yaml"
@@ -116,21 +117,8 @@ def make_record(
             "final_test_accuracy": test_at_best - 0.005,
             "history": history,
         },
-        "performance": {
-            "wall_time_s": 12.5,
-            "images_per_second": 900.0,
-            "peak_memory_bytes": 1 << 28,
-            "device": "cpu",
-        },
-        "environment": {
-            "python": "3.11",
-            "torch": "2.14.1",
-            "opacus": "1.6.0",
-            "cuda": None,
-            "cudnn": None,
-            "git_revision": "0" * 40,
-            "git_dirty": False,
-        },
+        "performance": performance(),
+        "environment": environment(),
     }
     validate_record(record)
     return record
@@ -279,27 +267,35 @@ def _table(root: Path, name: str) -> list[list[str]]:
     return [[c.strip() for c in row.strip("|").split(" | ")] for row in rows[1:]]
 
 
-def test_every_file_is_produced(rendered):
-    root, _, result = rendered
-    paper = root / "paper"
-    figures = ["privacy_utility_cifar10", "dp_vs_nondp", "ablation_width_depth", "ablation_norm_pool"]
-    figures += [f"training_curves_{s}" for s in ("main", "ablation", "literature", "improved")]
-    for stem in figures:
-        for ext in ("pdf", "png"):
-            path = paper / "figures" / f"{stem}.{ext}"
-            assert path.stat().st_size > 1000, path
-    for name in ("privacy_utility_cifar10", "architectures_eps7", "ablation", "literature_baselines"):
-        assert (paper / "tables" / f"{name}.md").exists() and (paper / "tables" / f"{name}.tex").exists()
+FIGURES = ["privacy_utility_cifar10", "dp_vs_nondp", "ablation_width_depth", "ablation_norm_pool"]
+FIGURES += [f"training_curves_{s}" for s in ("main", "ablation", "literature", "improved")]
+TABLES = ["privacy_utility_cifar10", "architectures_eps7", "ablation", "literature_baselines"]
+
+
+@pytest.mark.parametrize("stem", FIGURES)
+def test_every_figure_is_produced_and_shown_in_the_readme(rendered, stem):
+    paper = rendered[0] / "paper"
+    for ext in ("pdf", "png"):
+        path = paper / "figures" / f"{stem}.{ext}"
+        assert path.stat().st_size > 1000, path
+    assert f"(figures/{stem}.png)" in (paper / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_every_table_is_produced_in_markdown_and_ascii_latex(rendered, name):
+    tables = rendered[0] / "paper" / "tables"
+    assert (tables / f"{name}.md").exists() and (tables / f"{name}.tex").exists()
+    latex = (tables / f"{name}.tex").read_text()
+    assert latex.isascii(), [c for c in latex if not c.isascii()]  # every symbol mapped to a LaTeX macro
+
+
+def test_figure_formats_and_embedded_tables(rendered):
+    paper = rendered[0] / "paper"
     assert (paper / "figures" / "dp_vs_nondp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (paper / "figures" / "dp_vs_nondp.pdf").read_bytes()[:5] == b"%PDF-"
-    readme = (paper / "README.md").read_text()
-    for stem in figures:
-        assert f"(figures/{stem}.png)" in readme
-    assert "| SmoothNet W80D50 | CIFAR-10 |" in readme  # the Markdown tables are embedded
+    # the Markdown tables are embedded
+    assert "| SmoothNet W80D50 | CIFAR-10 |" in (paper / "README.md").read_text()
     tex = (paper / "tables" / "architectures_eps7.tex").read_text()
-    for name in ("privacy_utility_cifar10", "architectures_eps7", "ablation", "literature_baselines"):
-        latex = (paper / "tables" / f"{name}.tex").read_text()
-        assert latex.isascii(), [c for c in latex if not c.isascii()]  # every symbol mapped to a LaTeX macro
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "$\\pm$" in tex
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -60,25 +61,16 @@ def diff_values(expected: Any, actual: Any, prefix: str = "") -> list[tuple[str,
     return []
 
 
-def lookup_dotted(data: Any, dotted: str) -> Any:
-    """``data["a"]["b.c"]`` for ``"a.b.c"`` when keys themselves contain dots (run ids may); KeyError if absent.
-
-    Tries the longest key first at each level, as DVC's params lookup does for ``runs.<run_id>``.
-    """
-    if dotted in (data if isinstance(data, dict) else {}):
-        return data[dotted]
-    parts = dotted.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        head, rest = ".".join(parts[:cut]), ".".join(parts[cut:])
-        if isinstance(data, dict) and head in data:
-            try:
-                return lookup_dotted(data[head], rest)
-            except KeyError:
-                continue
-    raise KeyError(dotted)
-
-
 def short(value: Any, limit: int = 80) -> str:
     """A value for a one-line message."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_maker(group: str) -> Callable[..., Check]:
+    """``make(name, field, status, message, **details)``: a :class:`Check` of ``group``, for one check module."""
+
+    def make(name: str, field: str, status: str, message: str, **details: Any) -> Check:
+        return Check(group, name, field, status, message, details)
+
+    return make

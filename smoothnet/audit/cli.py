@@ -11,6 +11,7 @@ Exit codes: 0 every check passed; 1 a check failed; 2 an input is missing or unr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import traceback
@@ -65,7 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     canary.add_argument("--out", dest="canary_out", default="audit/canary.json", help="JSON result path")
     canary.add_argument("--num-canaries", type=int, default=defaults.num_canaries)
     canary.add_argument("--guesses-per-side", type=int, default=defaults.guesses_per_side)
-    canary.add_argument("--epsilon", type=float, default=defaults.target_epsilon, help="claimed epsilon")
+    canary.add_argument(
+        "--epsilon",
+        dest="target_epsilon",
+        type=float,
+        default=defaults.target_epsilon,
+        help="claimed epsilon",
+    )
     canary.add_argument("--delta", type=float, default=defaults.delta)
     canary.add_argument("--epochs", type=int, default=defaults.epochs)
     canary.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -168,17 +175,9 @@ def _canary(args: argparse.Namespace) -> int:
     from smoothnet.audit.canary import CanaryAuditError, CanaryConfig, run_canary_audit
     from smoothnet.io import atomic_write_json
 
-    config = CanaryConfig(
-        num_canaries=args.num_canaries,
-        guesses_per_side=args.guesses_per_side,
-        target_epsilon=args.epsilon,
-        delta=args.delta,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        accountant=args.accountant,
-        confidence=args.confidence,
-        seed=args.seed,
-    )
+    # each canary option's dest is the name of the CanaryConfig field it sets
+    fields = {f.name for f in dataclasses.fields(CanaryConfig)}
+    config = CanaryConfig(**{name: value for name, value in vars(args).items() if name in fields})
     try:
         config.validate()
     except CanaryAuditError as exc:

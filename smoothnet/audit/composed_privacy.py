@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from smoothnet.audit.checks import FAIL, PASS, SKIP, Check, short
+from smoothnet.audit.checks import FAIL, PASS, SKIP, Check, check_maker, short
 from smoothnet.privacy.accounting import (
     OPACUS_EPSILON_TOLERANCE,
     compute_epsilon,
@@ -36,8 +36,7 @@ PLD_RELATIVE_TOLERANCE = 0.02  # PRV (Opacus) vs PLD (dp-accounting): both numer
 SUPERSEDED = ("epsilon re-derived", "epsilon by accountant", "noise calibration", "epsilon within target")
 
 
-def _check(name: str, field: str, status: str, message: str, **details: Any) -> Check:
-    return Check("privacy", name, field, status, message, details)
+_check = check_maker("privacy")
 
 
 def independent_composed_epsilon(
@@ -276,7 +275,9 @@ def _composed_by_accountant(privacy: dict[str, Any], table: dict[str, float]) ->
     for name, value in sorted((privacy.get("epsilon_by_accountant") or {}).items()):
         field = f"privacy.epsilon_by_accountant.{name}"
         if name not in table:
-            checks.append(_check("composed epsilon by accountant", field, FAIL, f"unknown accountant {name!r}"))
+            checks.append(
+                _check("composed epsilon by accountant", field, FAIL, f"unknown accountant {name!r}")
+            )
             continue
         ok = isinstance(value, int | float) and abs(value - table[name]) <= EPSILON_TOLERANCE
         checks.append(

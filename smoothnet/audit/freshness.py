@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from smoothnet.audit.checks import FAIL, PASS, SKIP, Check
+from smoothnet.audit.checks import FAIL, PASS, SKIP, Check, check_maker
 from smoothnet.io import loads_json, sha256_file
 
 GROUP = "freshness"
@@ -26,8 +26,7 @@ class ReportManifestError(ValueError):
     """The report manifest exists but cannot be read."""
 
 
-def _check(name: str, field: str, status: str, message: str, **details: Any) -> Check:
-    return Check(GROUP, name, field, status, message, details)
+_check = check_maker(GROUP)
 
 
 def _entries(section: Any, hash_key: str, where: str) -> dict[str, str]:

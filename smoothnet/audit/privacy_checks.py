@@ -25,7 +25,7 @@ import math
 from functools import lru_cache
 from typing import Any
 
-from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check, short
+from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check, check_maker, short
 from smoothnet.privacy.accounting import (
     ACCOUNTANTS,
     OPACUS_ACCOUNTANTS,
@@ -56,8 +56,7 @@ def _calibrated_sigma(target: float, delta: float, q: float, epochs: int, accoun
     return noise_for_target(target, delta, q, epochs=epochs, accountant=accountant)
 
 
-def _check(name: str, field: str, status: str, message: str, **details: Any) -> Check:
-    return Check(GROUP, name, field, status, message, details)
+_check = check_maker(GROUP)
 
 
 def record_history(record: dict[str, Any]) -> list[tuple[float, float, int]]:
@@ -164,31 +163,14 @@ def _history_checks(record: dict[str, Any], sigma: float, q: float, steps: int) 
                 f"privacy.steps = {steps} but the history sums to {total} steps",
             )
         )
-    sigmas = {s for s, _, _ in history}
-    if sigmas != {sigma}:
-        checks.append(
-            _check(
-                "history",
-                "privacy.noise_multiplier",
-                FAIL,
-                f"privacy.noise_multiplier = {sigma!r} but the accountant history used {sorted(sigmas)}",
-            )
-        )
-    rates = {r for _, r, _ in history}
-    if rates != {q}:
-        checks.append(
-            _check(
-                "history",
-                "privacy.sample_rate",
-                FAIL,
-                f"privacy.sample_rate = {q!r} but the accountant history used {sorted(rates)}",
-            )
-        )
-    if not checks:
-        checks.append(
-            _check("history", "privacy.accountant_history", PASS, f"{len(history)} segment(s), {total} steps")
-        )
-    return checks
+    for column, (name, claimed) in enumerate((("noise_multiplier", sigma), ("sample_rate", q))):
+        used = {segment[column] for segment in history}
+        if used != {claimed}:
+            message = f"privacy.{name} = {claimed!r} but the accountant history used {sorted(used)}"
+            checks.append(_check("history", f"privacy.{name}", FAIL, message))
+    return checks or [
+        _check("history", "privacy.accountant_history", PASS, f"{len(history)} segment(s), {total} steps")
+    ]
 
 
 def _sample_rate_checks(record: dict[str, Any], q: float) -> list[Check]:

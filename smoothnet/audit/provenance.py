@@ -16,7 +16,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check, diff_values, lookup_dotted, short
+import dpath
+
+from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check, check_maker, diff_values, short
 from smoothnet.audit.dvclock import dvc_md5, dvcignore_filter, entries
 from smoothnet.io import loads_json, sha256_file
 from smoothnet.params import ParamsError, resolve_run, run_group, stage_name
@@ -26,8 +28,7 @@ GROUP = "provenance"
 MAX_LISTED_DIFFS = 8
 
 
-def _check(name: str, field: str, status: str, message: str, **details: Any) -> Check:
-    return Check(GROUP, name, field, status, message, details)
+_check = check_maker(GROUP)
 
 
 class HashCache:
@@ -188,7 +189,7 @@ def _lock_params(record: dict[str, Any], stage: dict[str, Any], params: dict[str
     if params is not None:
         for key, value in sorted(locked.items()):
             try:
-                now = lookup_dotted(params, key)
+                now = dpath.get(params, key, separator=".")  # how DVC reads a locked params key
             except KeyError:
                 checks.append(
                     _check(
@@ -332,9 +333,7 @@ def _lock_deps(stage: dict[str, Any], hashes: HashCache, changed_status: str) ->
                 f"not on this machine, not compared: {', '.join(absent)}",
             )
         )
-    if not checks:
-        checks.append(_check("dvc.lock deps", "dvc.lock deps", PASS, f"{len(deps)} dependencies unchanged"))
-    return checks
+    return checks or [_check("dvc.lock deps", "dvc.lock deps", PASS, f"{len(deps)} dependencies unchanged")]
 
 
 def check_dataset(record: dict[str, Any], prepared_root: Path) -> list[Check]:
@@ -377,10 +376,9 @@ def check_dataset(record: dict[str, Any], prepared_root: Path) -> list[Check]:
                 f"record {record['dataset']['manifest_sha256'][:12]}..., {manifest_path} is {digest[:12]}...",
             )
         )
-    if not checks:
-        checks.append(
-            _check("dataset", "dataset.fingerprint", PASS, f"fingerprint and manifest match {manifest_path}")
-        )
+    checks = checks or [
+        _check("dataset", "dataset.fingerprint", PASS, f"fingerprint and manifest match {manifest_path}")
+    ]
     if manifest.get("fingerprint_matches_official") is False:
         checks.append(
             _check(

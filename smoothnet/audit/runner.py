@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check
+from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check, check_maker
 from smoothnet.audit.composed_privacy import apply_composed_privacy
 from smoothnet.audit.dvclock import LockError, load_lock
 from smoothnet.audit.freshness import check_record_cited, check_report, load_report_manifest
@@ -166,10 +166,8 @@ class AuditResult:
 
 
 def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
+    """``path`` relative to ``root``, POSIX-style, as the report manifest cites records."""
+    return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
 
 
 def _names(folders: str | list[str] | tuple[str, ...]) -> str:
@@ -252,69 +250,54 @@ def _lock_stages(
     return locks[name]
 
 
+_canary_check = check_maker("canary")
+
+
 def check_canary(path: Path) -> tuple[list[Check], dict[str, Any] | None]:
     """Include the canary audit's result when its file exists (``smoothnet audit canary`` writes it)."""
     if not path.exists():
         return [
-            Check(
-                "canary", "canary audit", str(path), SKIP, "no canary result (run `smoothnet audit canary`)"
-            )
+            _canary_check("canary audit", str(path), SKIP, "no canary result (run `smoothnet audit canary`)")
         ], None
     try:
         result = loads_json(path.read_text(encoding="utf-8"))
         dp, off, claim = result["dp"], result["no_noise"], float(result["claimed_epsilon"])
         dp_bound, off_bound = float(dp["epsilon_lower_bound"]), float(off["epsilon_lower_bound"])
     except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
-        return [Check("canary", "canary audit", str(path), FAIL, f"unreadable canary result ({exc})")], None
+        return [_canary_check("canary audit", str(path), FAIL, f"unreadable canary result ({exc})")], None
+    detected = off_bound > claim
     checks = [
-        Check(
-            "canary",
+        _canary_check(
             "DP run: bound below claim",
             "dp.epsilon_lower_bound",
             PASS if dp_bound < claim and dp_bound <= float(dp["claimed_epsilon"]) else FAIL,
             f"empirical lower bound {dp_bound:.3f} vs claimed epsilon {float(dp['claimed_epsilon']):.3f} "
             f"({dp['correct']}/{dp['guesses']} canary guesses correct)",
         ),
-        Check(
-            "canary",
+        _canary_check(
             "no-noise run: violation detected",
             "no_noise.epsilon_lower_bound",
-            PASS if off_bound > claim else FAIL,
+            PASS if detected else FAIL,
             f"with sigma = 0 the bound is {off_bound:.3f} vs claim {claim:.3f} "
             f"({off['correct']}/{off['guesses']} correct): "
-            + (
-                "the audit detects a broken run"
-                if off_bound > claim
-                else "the audit is too weak to detect it"
-            ),
+            + ("the audit detects a broken run" if detected else "the audit is too weak to detect it"),
         ),
     ]
     variance = dp.get("noise_variance_test")
     if not isinstance(variance, dict) or "rejected" not in variance:
-        checks.append(
-            Check(
-                "canary",
-                "DP run: noise as claimed",
-                "dp.noise_variance_test",
-                FAIL,
-                "no noise-variance test in the canary result (written by an older audit); re-run it",
-            )
-        )
+        status = FAIL
+        message = "no noise-variance test in the canary result (written by an older audit); re-run it"
     else:
-        checks.append(
-            Check(
-                "canary",
-                "DP run: noise as claimed",
-                "dp.noise_variance_test",
-                FAIL if variance["rejected"] else PASS,
-                f"excluded canaries' score variance {float(variance['variance_ratio']):.3f} x the claimed sigma's "
-                f"(p = {float(variance['p_value']):.3g}, level {variance['level']})"
-                + (": the run had less noise than claimed" if variance["rejected"] else ""),
-            )
+        status = FAIL if variance["rejected"] else PASS
+        message = (
+            f"excluded canaries' score variance {float(variance['variance_ratio']):.3f} x the claimed sigma's "
+            f"(p = {float(variance['p_value']):.3g}, level {variance['level']})"
+            + (": the run had less noise than claimed" if variance["rejected"] else "")
         )
+    checks.append(_canary_check("DP run: noise as claimed", "dp.noise_variance_test", status, message))
     if float(dp.get("noise_multiplier", 0)) <= 0:
         checks.append(
-            Check("canary", "DP run had noise", "dp.noise_multiplier", FAIL, "the DP arm ran without noise")
+            _canary_check("DP run had noise", "dp.noise_multiplier", FAIL, "the DP arm ran without noise")
         )
     return checks, result
 

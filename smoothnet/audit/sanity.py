@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from smoothnet.audit.checks import FAIL, PASS, Check
+from smoothnet.audit.checks import FAIL, PASS, Check, check_maker
 
 GROUP = "sanity"
 SUMMARY_FIELDS = (
@@ -20,8 +20,7 @@ SUMMARY_FIELDS = (
 )
 
 
-def _check(name: str, field: str, status: str, message: str) -> Check:
-    return Check(GROUP, name, field, status, message)
+_check = check_maker(GROUP)
 
 
 def _is_number(value: Any) -> bool:

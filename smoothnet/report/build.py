@@ -17,7 +17,7 @@ from smoothnet.io import atomic_write_json, atomic_write_text, sha256_file
 from smoothnet.report import ablation, architectures, curves, literature, privacy_utility
 from smoothnet.report.context import Context, Section
 from smoothnet.report.published import load_published
-from smoothnet.report.runs import ReportOptions, collect_runs
+from smoothnet.report.runs import ReportOptions, collect_runs, repo_path
 
 MANIFEST = "report_manifest.json"
 README = "README.md"
@@ -71,12 +71,11 @@ def render_report(
         atomic_write_text(staging / README, _readme(ctx, sections))
         written.append(staging / README)
 
-        root_path = Path(root).resolve()
         final = {p: out_dir / p.relative_to(staging) for p in written}  # where each file will live
         manifest = {
             "profile": "+".join(runset.profiles) if runset.profiles else "none",
             "records": {r.path: r.hash for r in sorted(runset.runs, key=lambda r: r.path)},
-            "outputs": dict(sorted((_rel(final[p], root_path), sha256_file(p)) for p in written)),
+            "outputs": dict(sorted((repo_path(final[p], root), sha256_file(p)) for p in written)),
         }
         atomic_write_json(staging / MANIFEST, manifest)
         _swap_in(staging, out_dir)
@@ -95,14 +94,6 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
         os.replace(staging / name, target)
     os.replace(staging / README, out_dir / README)
     os.replace(staging / MANIFEST, out_dir / MANIFEST)
-
-
-def _rel(path: Path, root: Path) -> str:
-    resolved = Path(path).resolve()
-    try:
-        return resolved.relative_to(root).as_posix()
-    except ValueError:
-        return Path(os.path.relpath(resolved, root)).as_posix()
 
 
 def _remove_stale(figures_dir: Path, tables_dir: Path, written: list[Path]) -> None:

@@ -143,18 +143,14 @@ def render(ctx: Context) -> Section:
         zorder=3,
     )
     if reproduced:
-        xs = sorted(reproduced)
-        ax.errorbar(
-            xs,
-            [reproduced[e].mean for e in xs],
-            yerr=[reproduced[e].std for e in xs],
+        _mean_and_std(
+            ax,
+            reproduced,
             marker="o",
-            capsize=3,
             color=COLORS["reproduced"],
             label=f"Reproduced {model_label}, mean ± std over seeds",
-            zorder=4,
         )
-        for eps in xs:
+        for eps in sorted(reproduced):
             ax.scatter(
                 [eps] * reproduced[eps].n,
                 reproduced[eps].values,
@@ -176,17 +172,13 @@ def render(ctx: Context) -> Section:
             label=f"Reproduced {model_label} non-private (n={non_private.n})",
         )
     for i, (label, series) in enumerate(improved.items()):
-        xs = sorted(series)
-        ax.errorbar(
-            xs,
-            [series[e].mean for e in xs],
-            yerr=[series[e].std for e in xs],
+        _mean_and_std(
+            ax,
+            series,
             marker="D",
             ls="-.",
-            capsize=3,
             color=COLORS["improved"][i % len(COLORS["improved"])],
             label=label,
-            zorder=4,
         )
     for i, entry in enumerate(literature):
         n = entry.number
@@ -237,6 +229,14 @@ def render(ctx: Context) -> Section:
         tables=[table],
         paths=paths,
         runs=used,
+    )
+
+
+def _mean_and_std(ax, series: dict[float, Summary], **style) -> None:
+    """One series over epsilon: the mean over seeds with the sample std as error bars."""
+    xs = sorted(series)
+    ax.errorbar(
+        xs, [series[e].mean for e in xs], yerr=[series[e].std for e in xs], capsize=3, zorder=4, **style
     )
 
 

@@ -191,6 +191,11 @@ def _check_accuracies(record: dict[str, Any], path: Path) -> None:
                     )
 
 
+def repo_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """``path`` relative to the repository ``root``, POSIX-style, as the report manifest cites files."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
+
+
 def collect_runs(
     runs_dir: str | os.PathLike | list | tuple, root: str | os.PathLike = ".", kind: str = "auto"
 ) -> RunSet:
@@ -206,12 +211,7 @@ def collect_runs(
     for path in find_records(runs_dir):
         record = load_record(path)
         _check_accuracies(record, path)
-        resolved = path.resolve()
-        try:
-            rel = resolved.relative_to(root).as_posix()
-        except ValueError:
-            rel = Path(os.path.relpath(resolved, root)).as_posix()
-        loaded.append(Run(rel, record_hash(record), record))
+        loaded.append(Run(repo_path(path, root), record_hash(record), record))
     by_kind = {"real": [], "quick": []}
     for run in loaded:
         by_kind[_kind(run.profile, run.path)].append(run)

@@ -1,7 +1,7 @@
 """A small, learnable CIFAR-10-shaped dataset prepared through the real preparation code.
 
 Each class is a colour with noise, written as PNGs in an image-folder mirror, so the trainer tests run
-the same prepare -> load path as real data, in seconds, without ../shared.
+the same prepare -> load path as real data, in seconds, without the dataset mirrors.
 """
 
 from __future__ import annotations

@@ -99,8 +99,7 @@ def checkpoint_state(config: TrainConfig, run, state: RunState, context) -> dict
     return {
         "config_fingerprint": config_fingerprint(config),
         "code_digests": code_digests(),
-        "module": run.module.state_dict(),  # the trained weights alone (what a released model is)
-        "full_model": run.full_model.state_dict(),
+        "full_model": run.full_model.state_dict(),  # the trainable module's weights are part of it
         "optimizer": optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "ema": run.ema.state_dict() if run.ema is not None else None,

@@ -316,7 +316,7 @@ def _one_step_run(prepared, where, run_id, **overrides):
     params.update(overrides)
     paths = RunPaths(prepared, where / run_id / "run", where / run_id / "ckpt")
     record = train(TrainConfig.from_params(params), paths, resolved_params=params, progress=False)
-    weights = torch.cat([v.flatten() for v in load_checkpoint(paths.checkpoint_dir)["module"].values()])
+    weights = torch.cat([v.flatten() for v in load_checkpoint(paths.checkpoint_dir)["full_model"].values()])
     return record, weights
 
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from smoothnet.privacy.accounting import compute_epsilon
 from smoothnet.privacy.dp_statistics import StatisticsRelease, composed_privacy_record
 from smoothnet.training.config import ConfigError, TrainConfig
+from smoothnet.privacy.per_sample_method import PerSampleMethod
 from smoothnet.training.dp import PrivateSetup
 
 
@@ -164,7 +165,7 @@ class PrivateTraining:
         """Take the DP step of an empty logical batch: zero clipped sum plus noise (never skip it: whether a
         Poisson batch is empty depends on the data, so a skipped step would leak)."""
         for p in self.optimizer.params:
-            if self.method.startswith("fast") or self.method == "ghost":
+            if PerSampleMethod.parse(self.method).clipped_sum_in_grad:
                 p.grad = torch.zeros_like(p)
             else:
                 p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)

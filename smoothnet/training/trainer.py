@@ -54,7 +54,7 @@ from smoothnet.training.checkpoint import (
 )
 from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.distributed import DistributedContext, init_distributed, rank_device, sampling_seed
-from smoothnet.training.dp import OPACUS_MODES, RandomStreams, make_private, random_streams
+from smoothnet.training.dp import PerSampleMethod, RandomStreams, make_private, random_streams
 from smoothnet.training.environment import device_name, git_state, library_versions
 from smoothnet.training.progress import batch_progress, format_duration
 from smoothnet.training.runlock import hold_run_lock
@@ -335,7 +335,9 @@ def prepare_run(
         from smoothnet.privacy.method_select import choose_channels_last
 
         # Only with our clipping module: Opacus' per-sample gradients are wrong for channels-last models.
-        uses_opacus_mode = config.private and resolve_method(config, device, image_size) in OPACUS_MODES
+        uses_opacus_mode = (
+            config.private and PerSampleMethod.parse(resolve_method(config, device, image_size)).is_opacus
+        )
         channels_last = (
             choose_channels_last(config.model, device.type, image_size, _needs_our_module(config))
             and not uses_opacus_mode
@@ -475,12 +477,13 @@ def _check_private_setup(
 ) -> None:
     """Refuse DP set-ups whose guarantee or correctness the package cannot vouch for, before training."""
     where = f"run {config.run_id!r}"
-    if channels_last and method in OPACUS_MODES:
+    opacus_mode = PerSampleMethod.parse(method).is_opacus
+    if channels_last and opacus_mode:
         raise ConfigError(
             f"{where}: channels_last with per-sample method {method!r}: Opacus 1.6.0 computes wrong per-sample "
             "gradients for channels-last models; set channels_last: false or grad_sample_mode: fast"
         )
-    if config.autocast_bf16 and method in OPACUS_MODES:
+    if config.autocast_bf16 and opacus_mode:
         raise ConfigError(
             f"{where}: autocast_bf16 with per-sample method {method!r}: only the package's clipping module is "
             "checked under bf16 autocast; set grad_sample_mode: fast or autocast_bf16: false"
@@ -517,11 +520,12 @@ def resolve_method(config: TrainConfig, device: torch.device, image_size: int | 
 
     mode = config.grad_sample_mode
     if mode == "auto":
-        mode = choose_method(config.model, device.type, image_size, _needs_our_module(config))
-        if mode in OPACUS_MODES:
-            return mode
-        return f"fast:{mode}"
-    return "fast:auto" if mode == "fast" else mode
+        return str(
+            PerSampleMethod.from_table(
+                choose_method(config.model, device.type, image_size, _needs_our_module(config))
+            )
+        )
+    return str(PerSampleMethod.parse(mode))
 
 
 def choose_method_for_run(

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 
 from smoothnet.privacy.accounting import compute_epsilon
 from smoothnet.privacy.dp_statistics import StatisticsRelease, composed_privacy_record
-from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.privacy.per_sample_method import PerSampleMethod
+from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.dp import PrivateSetup
 
 

@@ -387,8 +387,9 @@ def test_sample_is_what_the_script_builds(tmp_path):
     import subprocess
     import sys
 
+    script = str(ROOT / "scripts" / "make_embedded_sample.py")
     subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "make_embedded_sample.py"), "--out", str(tmp_path / "s")],
+        [sys.executable, script, "--mirrors", str(mirrors), "--out", str(tmp_path / "s")],
         check=True,
         capture_output=True,
     )

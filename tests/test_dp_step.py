@@ -320,17 +320,6 @@ def _one_step_run(prepared, where, run_id, **overrides):
     return record, weights
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    import warnings
-
-    from tests.support.learnable import prepare_learnable
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fingerprint warning: this is not the official CIFAR-10
-        return prepare_learnable(tmp_path_factory.mktemp("data"))
-
-
 def test_runs_sharing_a_seed_do_not_give_away_the_gradient(prepared, tmp_path):
     """Released models of one seed at sigma = 1, 2, 3 (one step, w_s = w0 - a (S + s C z_s)): with shared noise
     (z_1 = z_2 = z_3) both 2 w1 - w2 and 3 w2 - 2 w3 are the noiseless step w0 - a S, so they agree to ~1e-6

@@ -51,7 +51,12 @@ def test_precedence_is_train_then_model_then_recipe_then_run():
         "model": "net",
         "run_id": "r",
     }
-    assert [key for key, _ in run_layers(_layered(), "r")] == ["train", "models.net", "recipes.fast", "runs.r"]
+    assert [key for key, _ in run_layers(_layered(), "r")] == [
+        "train",
+        "models.net",
+        "recipes.fast",
+        "runs.r",
+    ]
 
 
 def test_recipe_and_model_entries_are_optional_but_a_named_recipe_must_exist():

@@ -4,15 +4,10 @@ may use different methods, which round differently. The record names the method 
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-
 import pytest
-import torch
 
 from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.trainer import RunPaths, train
-from tests.support.learnable import prepare_learnable
 
 PARAMS = dict(
     run_id="autotuned",
@@ -31,14 +26,6 @@ PARAMS = dict(
     grad_sample_mode="auto",
     autotune_method=True,
 )
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return prepare_learnable(tmp_path_factory.mktemp("data"))
 
 
 def _comparable(record: dict) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import warnings
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from smoothnet.training import trainer as trainer_module
 from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.runlock import RunLocked, hold_run_lock
 from smoothnet.training.trainer import RunPaths, train
-from tests.support.learnable import prepare_learnable
 
 PARAMS = dict(
     run_id="faults",
@@ -33,14 +31,6 @@ PARAMS = dict(
     lr_schedule="constant",
     grad_sample_mode="hooks",
 )
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return prepare_learnable(tmp_path_factory.mktemp("data"))
 
 
 def _train(data_dir: Path, where: Path):

@@ -5,16 +5,12 @@ come back from the checkpoint."""
 from __future__ import annotations
 
 import argparse
-import warnings
-from pathlib import Path
 
 import pytest
-import torch
 
 from smoothnet.training import cli
 from smoothnet.training.config import TrainConfig
 from smoothnet.training.trainer import RunPaths, TimeLimitReached, train
-from tests.support.learnable import prepare_learnable
 
 PARAMS = dict(
     run_id="limited",
@@ -33,14 +29,6 @@ PARAMS = dict(
     grad_sample_mode="fast",
     augmentation_multiplicity=2,
 )
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return prepare_learnable(tmp_path_factory.mktemp("data"))
 
 
 class EpochClock:

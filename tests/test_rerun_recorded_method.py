@@ -8,24 +8,9 @@ import pytest
 
 from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.trainer import RunPaths, train
+from tests.support.learnable import small_dp_run
 
-PARAMS = dict(
-    run_id="autotuned",
-    dataset="cifar10",
-    model="smoothnet",
-    model_options={"width": 0.5, "depth": 1.0},
-    target_epsilon=8.0,
-    delta=1e-3,
-    epochs=2,
-    logical_batch_size=64,
-    physical_batch_size=32,
-    lr=1.0,
-    momentum=0.9,
-    weight_decay=0.0,
-    lr_schedule="constant",
-    grad_sample_mode="auto",
-    autotune_method=True,
-)
+PARAMS = small_dp_run("autotuned", epochs=2, momentum=0.9, grad_sample_mode="auto", autotune_method=True)
 
 
 def _comparable(record: dict) -> dict:

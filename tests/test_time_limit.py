@@ -11,24 +11,9 @@ import pytest
 from smoothnet.training import cli
 from smoothnet.training.config import TrainConfig
 from smoothnet.training.trainer import RunPaths, TimeLimitReached, train
+from tests.support.learnable import small_dp_run
 
-PARAMS = dict(
-    run_id="limited",
-    dataset="cifar10",
-    model="smoothnet",
-    model_options={"width": 0.5, "depth": 1.0},
-    target_epsilon=8.0,
-    delta=1e-3,
-    epochs=3,
-    logical_batch_size=64,
-    physical_batch_size=32,
-    lr=1.0,
-    momentum=0.9,
-    weight_decay=0.0,
-    lr_schedule="constant",
-    grad_sample_mode="fast",
-    augmentation_multiplicity=2,
-)
+PARAMS = small_dp_run("limited", epochs=3, momentum=0.9, grad_sample_mode="fast", augmentation_multiplicity=2)
 
 
 class EpochClock:

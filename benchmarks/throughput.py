@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from smoothnet.io import atomic_write_text  # noqa: E402
 from smoothnet.models import build_model  # noqa: E402
 from smoothnet.privacy.fast_clipping import ClippedGradientModule, parse_method  # noqa: E402
+from smoothnet.privacy.per_sample_method import PerSampleMethod  # noqa: E402
 
 PAPER_MODELS = ["smoothnet_w80d50", "resnet9", "resnet18", "resnet34", "densenet121", "efficientnet_b0"]
 METHODS = ["nonprivate", "hooks", "functorch", "ew", "ghost", "ours_auto", "ours_ghost", "ours_materialize",
@@ -322,10 +323,7 @@ def autotune_case(label: str, name: str, options: dict, batch: int, args, device
         model, tuple(x.shape[1:]), batch, device, method_select.candidates(device.type), rounds=1
     )
     tune_s = time.perf_counter() - started
-    table = "fast:" + method_select.choose_method(name, device.type, 32)
-    table = (
-        table.removeprefix("fast:") if table.removeprefix("fast:") in method_select.OPACUS_MODES else table
-    )
+    table = str(PerSampleMethod.from_table(method_select.choose_method(name, device.type, 32)))
     methods = ["nonprivate", *choice.timings_s]
     if table not in methods:
         methods.append(table)

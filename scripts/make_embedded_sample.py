@@ -1,6 +1,8 @@
 """Build the embedded sample data/sample/ from the offline mirrors (deterministic; bytes copied, not re-encoded).
 
-    python scripts/make_embedded_sample.py [--mirrors ../shared/data] [--out data/sample]
+    python scripts/make_embedded_sample.py --mirrors DIR [--out data/sample]
+
+DIR holds the mirrors `cifar10-png/` and `imagenette-224-subset/` (lossless copies of the official sets).
 
 Per class, the first files in sorted name order: CIFAR-10 100 train + 30 test PNGs, ImageNette (the
 224x224 subset mirror) 12 train + 4 val JPEGs. The sample is for the quick profile and tests only.
@@ -33,8 +35,9 @@ tests run the full pipeline on a machine without the datasets. It is NOT a datas
 accuracies on it say nothing about the paper's claims. Preparing `cifar10/` warns that its fingerprint is
 not the official CIFAR-10's (expected: it is a subset) and records `fingerprint_matches_official: false`.
 
-Made by `python scripts/make_embedded_sample.py` from the offline mirrors in `../shared/data`
-(see that folder's README): per class, the first files in sorted file-name order, bytes copied unchanged.
+Made by `python scripts/make_embedded_sample.py --mirrors DIR` from lossless PNG mirrors of the official
+sets (CIFAR-10's 60,000 images; an Imagenette subset): per class, the first files in sorted file-name order,
+bytes copied unchanged.
 
 | folder | source mirror | per class | total |
 |---|---|---|---|
@@ -71,7 +74,7 @@ def build(mirrors: Path, out: Path) -> None:
                         listing.append(f"{rel} {hashlib.sha256(f.read_bytes()).hexdigest()}")
             splits = ", ".join(f"{count} {split}" for split, count in per_class.items())
             total = sum(per_class.values()) * len(spec.classes)
-            rows.append(f"| `{name}/` | `../shared/data/{mirror_name}` | {splits} | {total} |")
+            rows.append(f"| `{name}/` | `{mirror_name}` | {splits} | {total} |")
         digest = hashlib.sha256("\n".join(sorted(listing)).encode()).hexdigest()
         (tmp / "README.md").write_text(README.format(rows="\n".join(rows), count=len(listing), digest=digest))
         if out.exists():
@@ -86,7 +89,7 @@ def build(mirrors: Path, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mirrors", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--mirrors", type=Path, required=True, help="folder holding the dataset mirrors")
     parser.add_argument("--out", type=Path, default=ROOT / "data" / "sample")
     args = parser.parse_args()
     build(args.mirrors, args.out)

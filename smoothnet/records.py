@@ -1,13 +1,14 @@
 """The run record: one JSON file per training run, enough to audit the run without rerunning it.
 
-A record is a plain JSON object (schema below). The training engine writes it, the report
-renders from it, the audit re-derives its privacy claim from it. ``validate_record`` checks
-that every required field is present with the right type, and names the missing ones.
+A record is a plain JSON object (schema below; :class:`RunRecord` is its typed form). The training engine
+writes it, the report renders from it, the audit re-derives its privacy claim from it. ``validate_record``
+checks that every required field is present with the right type, and names the missing ones.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,170 @@ def find_records(roots: str | os.PathLike | list | tuple) -> list[Path]:
     if not root.exists():
         return []
     return sorted(root.rglob(RECORD_FILENAME))
+
+
+# ----------------------------------------------------------------------------- the typed record
+# What the trainer builds; ``to_dict`` gives exactly the JSON object above (a test round-trips every
+# stored record through ``from_dict``). Values are plain JSON types; training computes them.
+
+
+@dataclass
+class ModelSection:
+    """``model``: the architecture trained."""
+
+    name: str
+    options: dict[str, Any]
+    num_parameters: int
+    has_batchnorm: bool
+
+
+@dataclass
+class DatasetSection:
+    """``dataset``: which prepared arrays, and how many examples per split."""
+
+    name: str
+    fingerprint: dict[str, Any]
+    manifest_sha256: str
+    n_train: int
+    n_val: int
+    n_test: int
+
+
+@dataclass
+class PrivacySection:
+    """``privacy``: the DP-SGD claim (all accounting fields None / empty for a non-private run)."""
+
+    private: bool
+    target_epsilon: float | None
+    delta: float | None
+    noise_multiplier: float | None
+    max_grad_norm: float | None
+    sample_rate: float | None
+    steps: int
+    planned_steps: int
+    sampling: str  # "poisson" or "shuffle"
+    accountant: str | None
+    epsilon: float | None
+    epsilon_by_accountant: dict[str, float]
+    grad_sample_mode: str | None
+    method_choice: dict[str, Any] | None
+    expected_batch_size: float | None
+    accountant_history: list[list[float | int]]
+    steps_per_epoch: int  # what the loader yielded (Opacus: int(1/q) batches)
+    noise_source: str | None  # seeded (reproducible, not for release) or os_entropy
+    # Only for runs that released private feature statistics before DP-SGD.
+    dp_statistics: dict[str, Any] | None = None
+    composition: dict[str, Any] | None = None
+
+
+@dataclass
+class TrainingSection:
+    """``training``: the optimisation as run."""
+
+    epochs: int
+    epochs_completed: int
+    logical_batch_size: int
+    physical_batch_size: int
+    seed: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_schedule: str
+    lr_schedule_detail: dict[str, Any]
+    augmentation_multiplicity: int
+    ema_decay: float | None
+    train_on_validation: bool
+    channels_last: bool
+    autocast_bf16: bool
+    world_size: int = 1
+
+
+@dataclass
+class ResultsSection:
+    """``results``: held-out accuracies and the per-epoch history."""
+
+    best_epoch: int | None
+    best_val_accuracy: float | None
+    final_val_accuracy: float | None
+    test_accuracy_at_best_val: float | None
+    final_test_accuracy: float | None
+    final_test_accuracy_ema: float | None
+    history: list[dict[str, Any]]
+
+    @classmethod
+    def from_history(cls, history: list[dict[str, Any]]) -> ResultsSection:
+        """Best epoch by validation accuracy (first on ties; the last epoch without validation) and final."""
+        best, final = best_epoch(history), (history[-1] if history else {})
+        return cls(
+            best_epoch=best.get("epoch"),
+            best_val_accuracy=best.get("val_accuracy"),
+            final_val_accuracy=final.get("val_accuracy"),
+            test_accuracy_at_best_val=best.get("test_accuracy"),
+            final_test_accuracy=final.get("test_accuracy"),
+            final_test_accuracy_ema=final.get("test_accuracy_ema"),
+            history=history,
+        )
+
+
+@dataclass
+class PerformanceSection:
+    """``performance``: wall time, throughput and memory (never compared between re-runs)."""
+
+    wall_time_s: float
+    images_per_second: float
+    peak_memory_bytes: int
+    device: str
+
+
+@dataclass
+class RunRecord:
+    """One run's record, typed; :meth:`to_dict` is what ``record.json`` holds."""
+
+    run_id: str
+    profile: str
+    stage: str
+    params: dict[str, Any]
+    model: ModelSection
+    dataset: DatasetSection
+    privacy: PrivacySection
+    training: TrainingSection
+    results: ResultsSection
+    performance: PerformanceSection
+    environment: dict[str, Any]  # library versions, git revision and dirtiness
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON object (the optional privacy sections only where present)."""
+        record = asdict(self)
+        for optional in _OPTIONAL_PRIVACY:
+            if record["privacy"][optional] is None:
+                del record["privacy"][optional]
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> RunRecord:
+        """The typed view of a validated record (raises TypeError on unknown or missing keys)."""
+        sections = {
+            "model": ModelSection,
+            "dataset": DatasetSection,
+            "privacy": PrivacySection,
+            "training": TrainingSection,
+            "results": ResultsSection,
+            "performance": PerformanceSection,
+        }
+        values = {key: value for key, value in record.items()}
+        for key, section in sections.items():
+            values[key] = section(**record[key])
+        return cls(**values)
+
+
+_OPTIONAL_PRIVACY = ("dp_statistics", "composition")
+
+
+def best_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The epoch with the best validation accuracy (first on ties); the last epoch without validation."""
+    scored = [h for h in history if h.get("val_accuracy") is not None]
+    if not scored:
+        return history[-1] if history else {}
+    return max(scored, key=lambda h: (h["val_accuracy"], -h["epoch"]))

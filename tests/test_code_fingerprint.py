@@ -1,7 +1,7 @@
 """A checkpoint resumes across edits outside the training code and refuses to resume across edits to it.
 
 The training code is the trainer's import closure; the test edits a copy of the package (pointed at by
-``trainer.CODE_ROOT``), never the working tree.
+``checkpoint.CODE_ROOT``), never the working tree.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from smoothnet.training import trainer
+from smoothnet.training import checkpoint
 from smoothnet.training.config import TrainConfig
 from smoothnet.training.trainer import RunPaths, train
 from tests.support.learnable import prepare_learnable
@@ -57,7 +57,7 @@ def killed_run(tmp_path, monkeypatch):
         prepared = prepare_learnable(tmp_path / "data")
     code = tmp_path / "code"
     shutil.copytree(ROOT / "smoothnet", code / "smoothnet", ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(trainer, "CODE_ROOT", code)
+    monkeypatch.setattr(checkpoint, "CODE_ROOT", code)
     config = TrainConfig.from_params(PARAMS)
     paths = RunPaths(prepared, tmp_path / "run", tmp_path / "ckpt")
     with pytest.raises(Killed):

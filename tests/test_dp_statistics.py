@@ -240,7 +240,10 @@ def test_audit_re_derives_the_composed_epsilon_independently(bn_record):
         (lambda p: p["composition"]["components"].update(dp_statistics=0.0), "composition recorded"),
         (lambda p: p.update(noise_multiplier=p["noise_multiplier"] * 0.9), "composed calibration"),
         # the record may not state a cheaper release than the code makes
-        (lambda p: p["dp_statistics"].update(releases=1, history=[[8.0, 1.0, 1]]), "statistics as configured"),
+        (
+            lambda p: p["dp_statistics"].update(releases=1, history=[[8.0, 1.0, 1]]),
+            "statistics as configured",
+        ),
         (lambda p: p["dp_statistics"].update(noise_multiplier=16.0), "statistics as configured"),
         (lambda p: p["dp_statistics"].update(n=10**6), "statistics as configured"),
         (lambda p: p.pop("dp_statistics"), "statistics accounted"),

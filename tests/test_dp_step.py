@@ -316,19 +316,8 @@ def _one_step_run(prepared, where, run_id, **overrides):
     params.update(overrides)
     paths = RunPaths(prepared, where / run_id / "run", where / run_id / "ckpt")
     record = train(TrainConfig.from_params(params), paths, resolved_params=params, progress=False)
-    weights = torch.cat([v.flatten() for v in load_checkpoint(paths.checkpoint_dir)["module"].values()])
+    weights = torch.cat([v.flatten() for v in load_checkpoint(paths.checkpoint_dir)["full_model"].values()])
     return record, weights
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    import warnings
-
-    from tests.support.learnable import prepare_learnable
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fingerprint warning: this is not the official CIFAR-10
-        return prepare_learnable(tmp_path_factory.mktemp("data"))
 
 
 def test_runs_sharing_a_seed_do_not_give_away_the_gradient(prepared, tmp_path):
@@ -377,7 +366,10 @@ def test_private_streams_are_distinct_reproducible_and_off_the_global_generator(
     from smoothnet.training.dp import random_streams
 
     def draws(streams):
-        return [torch.rand(4, generator=getattr(streams, n)) for n in ("sampling", "noise", "augmentation", "statistics")]
+        return [
+            torch.rand(4, generator=getattr(streams, n))
+            for n in ("sampling", "noise", "augmentation", "statistics")
+        ]
 
     a = draws(random_streams(0, "run-a", secure=False))
     assert all(
@@ -410,7 +402,9 @@ def test_a_secure_runs_checkpoint_holds_no_state_of_its_private_streams(prepared
     assert all("streams" not in rank for rank in secure["rng_by_rank"])
     _one_step_run(prepared, tmp_path, "seeded-s0")
     seeded = load_checkpoint(tmp_path / "seeded-s0" / "ckpt")
-    assert all("streams" in rank for rank in seeded["rng_by_rank"])  # seeded runs resume their streams exactly
+    assert all(
+        "streams" in rank for rank in seeded["rng_by_rank"]
+    )  # seeded runs resume their streams exactly
 
 
 def test_a_dp_record_releases_no_raw_count_of_sampled_examples(prepared, tmp_path):
@@ -428,16 +422,18 @@ def test_a_dp_run_stops_on_its_noisy_parameters_never_on_its_raw_loss():
     decide whether a DP run stops; a non-finite parameter after the noisy step does."""
     from types import SimpleNamespace
 
+    from smoothnet.training.setups import NonPrivateTraining, PrivateTraining
     from smoothnet.training.trainer import TrainingDiverged, _check_finite
 
     config, state = SimpleNamespace(run_id="r"), SimpleNamespace(epoch=0)
     module = torch.nn.Linear(2, 2)
-    dp = SimpleNamespace(setup=object(), module=module)
+    dp = SimpleNamespace(training=PrivateTraining(SimpleNamespace(module=module)))
     _check_finite(config, dp, state, torch.tensor(float("inf")), took_step=True)  # no raise
     with torch.no_grad():
         module.weight[0, 0] = float("nan")
     with pytest.raises(TrainingDiverged, match="parameter became non-finite"):
         _check_finite(config, dp, state, torch.tensor(1.0), took_step=True)
-    plain = SimpleNamespace(setup=None, module=torch.nn.Linear(2, 2))
+    linear = torch.nn.Linear(2, 2)
+    plain = SimpleNamespace(training=NonPrivateTraining(linear, linear, optimizer=None, loader=None))
     with pytest.raises(TrainingDiverged, match="loss became inf"):
         _check_finite(config, plain, state, torch.tensor(float("inf")), took_step=True)

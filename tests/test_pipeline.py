@@ -34,7 +34,8 @@ def test_every_run_in_params_is_a_valid_training_config(params_file):
 
 
 def test_full_params_cover_the_paper():
-    runs = load_params(ROOT / "params.yaml")["runs"]
+    params = load_params(ROOT / "params.yaml")
+    runs = {run_id: resolve_run(params, run_id) for run_id in params["runs"]}
 
     def has(dataset, model, private=True, eps=7.0):
         return any(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import warnings
 from pathlib import Path
 
 import pytest
@@ -15,32 +14,9 @@ from smoothnet.training import trainer as trainer_module
 from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.runlock import RunLocked, hold_run_lock
 from smoothnet.training.trainer import RunPaths, train
-from tests.support.learnable import prepare_learnable
+from tests.support.learnable import small_dp_run
 
-PARAMS = dict(
-    run_id="faults",
-    dataset="cifar10",
-    model="smoothnet",
-    model_options={"width": 0.5, "depth": 1.0},
-    target_epsilon=8.0,
-    delta=1e-3,
-    epochs=1,
-    logical_batch_size=64,
-    physical_batch_size=32,
-    lr=1.0,
-    momentum=0.0,
-    weight_decay=0.0,
-    lr_schedule="constant",
-    grad_sample_mode="hooks",
-)
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return prepare_learnable(tmp_path_factory.mktemp("data"))
+PARAMS = small_dp_run("faults", grad_sample_mode="hooks")
 
 
 def _train(data_dir: Path, where: Path):

@@ -5,7 +5,6 @@ accounting."""
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ import torch
 from smoothnet.training.config import LR_SCHEDULES, ConfigError, TrainConfig
 from smoothnet.training.schedules import SCHEDULE_UNITS, Schedule
 from smoothnet.training.trainer import RunPaths, train
-from tests.support.learnable import prepare_learnable
 
 LR = 0.1
 
@@ -186,13 +184,6 @@ BASE = dict(
     seed=0,
 )
 STEPS_PER_EPOCH = 5  # 320 training examples at logical batch 64 (sample rate 1/5)
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fingerprint warning: this is not the official CIFAR-10
-        return prepare_learnable(tmp_path_factory.mktemp("data"))
 
 
 class Killed(Exception):

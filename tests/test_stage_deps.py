@@ -1,4 +1,5 @@
-"""Each DVC stage depends on exactly the package code its entry script imports (``smoothnet.closure``).
+"""Each DVC stage depends on exactly the package code its entry script imports (``smoothnet.closure``),
+and each training stage on exactly the params layers its run reads (train, its model, its recipe, itself).
 
 Too many dependencies re-run stages for unrelated edits (a help string re-running 64 training stages);
 too few let a stored result go stale without DVC noticing.
@@ -6,17 +7,25 @@ too few let a stored result go stale without DVC noticing.
 
 from __future__ import annotations
 
+import copy
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from smoothnet.closure import import_closure
+from smoothnet.yamlio import load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC_FILES = ["dvc.yaml", "ablations/dvc.yaml"]
 CODE_DIRS = ("smoothnet", "pipelines")
+DVC = Path(sys.executable).parent / "dvc"
 
 
 def _stages() -> list:
@@ -74,3 +83,80 @@ def test_closure_follows_function_level_imports(tmp_path):
         "smoothnet/sub/__init__.py",
         "smoothnet/sub/lazy.py",
     ]
+
+
+def _scratch_project(where: Path, params: dict) -> None:
+    """The pipeline's code and dvc.yaml with ``params``, every train stage locked as if run (``dvc commit``)."""
+    for folder in CODE_DIRS:
+        shutil.copytree(ROOT / folder, where / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy2(ROOT / "dvc.yaml", where / "dvc.yaml")
+    (where / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for dataset in params["data"]:
+        (where / "data" / "prepared" / dataset).mkdir(parents=True)
+        (where / "data" / "prepared" / dataset / "arrays.npz").write_text(dataset)
+    for run_id in params["runs"]:
+        live = where / "runs" / run_id / "dvclive"
+        (live / "plots" / "metrics").mkdir(parents=True)
+        (where / "runs" / run_id / "record.json").write_text("{}")
+        (live / "metrics.json").write_text("{}")
+    _dvc(where, "init", "--no-scm", "-q")
+    _dvc(where, "commit", "-f", "-q", *[f"train@{run_id}" for run_id in params["runs"]])
+
+
+def _dvc(where: Path, *args: str) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run([str(DVC), *args], cwd=where, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done.stdout
+
+
+def _stale_runs(where: Path) -> set[str]:
+    status = json.loads(_dvc(where, "status", "--json", *[f"train@{r}" for r in _params(where)["runs"]]))
+    return {stage.split("@", 1)[1] for stage in status if stage.startswith("train@")}
+
+
+def _params(where: Path) -> dict:
+    return load_yaml((where / "params.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """A scratch DVC project: two runs of each recipe of params.yaml (and every run of two models), locked."""
+    params = load_yaml((ROOT / "params.yaml").read_text())
+    runs, per_recipe = {}, {}
+    for run_id, run in params["runs"].items():
+        if per_recipe.setdefault(run["recipe"], 0) < 2 or run["model"] in ("resnet18", "tramer_boneh_cnn"):
+            per_recipe[run["recipe"]] += 1
+            runs[run_id] = run
+    where = tmp_path_factory.mktemp("stage-params") / "project"
+    _scratch_project(where, {**params, "runs": runs, "ablations": {}})
+    assert _stale_runs(where) == set()
+    return where
+
+
+def _edit(where: Path, section: str, name: str, key: str, value) -> dict:
+    params = _params(where)
+    before = copy.deepcopy(params)
+    (params[section][name] if name else params[section])[key] = value
+    (where / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return before
+
+
+@pytest.mark.skipif(not DVC.exists(), reason="needs the dvc of this environment")
+@pytest.mark.parametrize(
+    ("section", "name", "key", "value", "which"),
+    [
+        ("recipes", "literature", "momentum", 0.5, lambda run: run["recipe"] == "literature"),
+        ("recipes", "paper", "lr", 0.003, lambda run: run["recipe"] == "paper"),
+        ("models", "resnet18", "epochs", 7, lambda run: run["model"] == "resnet18"),
+        ("train", None, "lr_gamma", 0.8, lambda run: True),
+    ],
+    ids=["recipe-literature", "recipe-paper", "model-resnet18", "train"],
+)
+def test_editing_a_params_layer_makes_exactly_its_runs_stale(scratch, section, name, key, value, which):
+    before = _edit(scratch, section, name, key, value)
+    try:
+        expected = {run_id for run_id, run in before["runs"].items() if which(run)}
+        assert expected and _stale_runs(scratch) == expected
+    finally:
+        (scratch / "params.yaml").write_text(yaml.safe_dump(before, sort_keys=False))

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
-import pytest
 import yaml
 
 from smoothnet.training import cli
-from tests.support.learnable import prepare_learnable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,13 +54,6 @@ def test_missing_prepared_data_is_one_line(tmp_path, capsys):
     code = _train("tiny", "--params", str(_params(tmp_path)), "--data-root", str(tmp_path / "none"))
     assert code == 2
     assert "run `dvc repro prepare@cifar10`" in _one_error_line(capsys)
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fingerprint warning: this is not the official CIFAR-10
-        return prepare_learnable(tmp_path_factory.mktemp("data"))
 
 
 def test_epsilon_too_small_for_the_noise_search_names_the_run_and_key(prepared, tmp_path, capsys):

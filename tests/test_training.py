@@ -4,7 +4,6 @@ determinism, resume equivalence, and clear errors for bad parameters before any 
 from __future__ import annotations
 
 import copy
-import warnings
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from smoothnet.privacy.accounting import compute_epsilon
 from smoothnet.records import load_record, validate_record
 from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.trainer import RunPaths, TrainingDiverged, train
-from tests.support.learnable import prepare_learnable
 
 BASE = dict(
     run_id="t",
@@ -36,13 +34,6 @@ BASE = dict(
     grad_sample_mode="hooks",
     seed=0,
 )
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fingerprint warning: this is not the official CIFAR-10
-        return prepare_learnable(tmp_path_factory.mktemp("data"))
 
 
 def run(prepared: Path, where: Path, **overrides):

@@ -21,7 +21,7 @@ import dpath
 from smoothnet.audit.checks import FAIL, PASS, SKIP, WARN, Check, check_maker, diff_values, short
 from smoothnet.audit.dvclock import dvc_md5, dvcignore_filter, entries
 from smoothnet.io import loads_json, sha256_file
-from smoothnet.params import ParamsError, resolve_run, run_group, stage_name
+from smoothnet.params import ParamsError, params_from_lock, resolve_run, run_group, stage_name
 from smoothnet.records import RecordError, validate_record
 
 GROUP = "provenance"
@@ -216,7 +216,8 @@ def _lock_params(record: dict[str, Any], stage: dict[str, Any], params: dict[str
         group = "runs"
     run_key = f"{group}.{run_id}"
     if "train" in locked and run_key in locked:
-        rebuilt = resolve_run({"train": locked["train"], group: {run_id: locked[run_key]}}, run_id)
+        # the stage locks every layer its run reads (train, its model, its recipe, the run itself)
+        rebuilt = resolve_run(params_from_lock(locked), run_id)
         diffs = diff_values(rebuilt, record["params"])
         if diffs:
             checks.append(

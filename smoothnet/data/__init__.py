@@ -17,7 +17,6 @@ _EXPORTS = {
     "load_prepared": "smoothnet.data.loading",
     "PreparedData": "smoothnet.data.loading",
     "PreparedDataError": "smoothnet.data.loading",
-    "NormalizedTensorDataset": "smoothnet.data.loading",
     "normalize_batch": "smoothnet.data.loading",
     "DATASETS": "smoothnet.data.catalog",
     "ArchiveSpec": "smoothnet.data.catalog",

@@ -1,8 +1,9 @@
 """What the package knows about each dataset: classes, official archives, published constants.
 
-Nothing here is fitted on data. The normalisation constants are the published ones (SPEC section 3),
-the archive checksums are the ones the dataset authors (and torchvision) publish, and the CIFAR-10
-fingerprints are those of ../shared/data/README.md, which a copy of the official archive reproduces.
+Nothing here is fitted on data. The normalisation constants are the published ones (the usual
+CIFAR-10/ImageNet values), the archive checksums are the ones the dataset authors (and torchvision)
+publish, and the CIFAR-10 fingerprints are those a copy of the official archive reproduces
+(computed with :func:`smoothnet.data.splits.fingerprint`).
 """
 
 from __future__ import annotations

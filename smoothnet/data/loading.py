@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from smoothnet.io import loads_json, sha256_file
 
@@ -28,30 +27,6 @@ def normalize_batch(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor)
     """uint8 ``(N, 3, H, W)`` (or ``(3, H, W)``) -> float32 ``(x / 255 - mean) / std`` per channel."""
     shape = (3, 1, 1)
     return (images.to(torch.float32) / 255.0 - mean.view(shape)) / std.view(shape)
-
-
-class NormalizedTensorDataset(Dataset):
-    """A split as a map-style dataset of ``(float32 image, int64 label)``, normalised when fetched.
-
-    ``__getitems__`` fetches and normalises a whole batch in one tensor operation (the DataLoader uses it
-    for batched index lists, Poisson-sampled batches included).
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images, self.labels, self.mean, self.std = images, labels, mean, std
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return normalize_batch(self.images[index], self.mean, self.std), self.labels[index]
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        batch = normalize_batch(self.images[idx], self.mean, self.std)
-        return list(zip(batch.unbind(0), self.labels[idx].unbind(0), strict=True))
 
 
 @dataclass
@@ -108,16 +83,21 @@ class PreparedData:
             self._cache[name] = (torch.from_numpy(images), torch.from_numpy(labels))
         return self._cache[name]
 
+    def count(self, name: str) -> int:
+        """Number of examples in a split (the manifest's count, which loading checks the arrays against)."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; splits: {', '.join(SPLITS)}")
+        return int(self.manifest["counts"][name]["total"])
+
+    def release_images(self) -> None:
+        """Forget the loaded splits: a model trained on precomputed features needs the images only until the
+        features are computed (the trainer keeps the labels it uses). A later :meth:`split` loads again."""
+        self._cache.clear()
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Normalise a uint8 batch to float32 with this dataset's mean/std."""
         mean, std = self._stats()
         return normalize_batch(images, mean, std)
-
-    def dataset(self, name: str) -> NormalizedTensorDataset:
-        """A split as a dataset of normalised float32 images and int64 labels."""
-        images, labels = self.split(name)
-        mean, std = self._stats()
-        return NormalizedTensorDataset(images, labels, mean, std)
 
     def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.tensor(self.mean, dtype=torch.float32), torch.tensor(self.std, dtype=torch.float32)

@@ -20,7 +20,7 @@ def image_digests(images: np.ndarray) -> list[str]:
 
 
 def fingerprint(digests: Iterable[str]) -> str:
-    """sha256 of the concatenated sorted hex digests (the definition of ../shared/data/README.md)."""
+    """sha256 of the concatenated sorted hex digests (order-independent: the same set of images gives the same value)."""
     return hashlib.sha256("".join(sorted(digests)).encode("ascii")).hexdigest()
 
 

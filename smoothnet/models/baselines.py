@@ -1,7 +1,7 @@
 """The paper's baselines: ResNet-9/18/34, DenseNet-121, EfficientNet-B0, BatchNorm -> GroupNorm.
 
 torchvision's definitions (``weights=None``: never downloads) with a new ``num_classes`` head and
-every BatchNorm replaced by ``GroupNorm(gcd(8, C), C)`` (../shared/SPEC.md section 2). The
+every BatchNorm replaced by ``GroupNorm(gcd(8, C), C)``, as in the paper's baselines. The
 GroupNorm has the same affine parameters as the BatchNorm it replaces, so parameter counts equal
 torchvision's: ResNet-18 11,173,962 (CIFAR stem) / 11,181,642 (ImageNet stem), ResNet-34
 21,289,802, DenseNet-121 6,964,106, EfficientNet-B0 4,020,358 for 10 classes.
@@ -91,7 +91,7 @@ class Residual(nn.Module):
 
 
 class ResNet9(nn.Sequential):
-    """ResNet-9 as in SPEC section 2 (the DP-SGD literature's CIFAR-10 ResNet-9, GroupNorm).
+    """ResNet-9, the DP-SGD literature's CIFAR-10 ResNet-9 (Page's DAWNBench net), with GroupNorm.
 
     conv64, conv128+pool, residual(conv128, conv128), conv256+pool, conv256+pool,
     residual(conv256, conv256), AdaptiveMaxPool 2x2, Linear 1024 -> classes. Each conv is 3x3 without
@@ -119,9 +119,9 @@ def _cifar_stem(model: tv.ResNet) -> tv.ResNet:
     return model
 
 
-@register_model("resnet9", "ResNet-9 (SPEC table), GroupNorm(8); CIFAR-10 only", image_sizes=(32,))
+@register_model("resnet9", "ResNet-9 (DAWNBench), GroupNorm(8); CIFAR-10 only", image_sizes=(32,))
 def resnet9(num_classes: int = 10, image_size: int = 32) -> nn.Module:
-    """ResNet-9 of SPEC section 2."""
+    """ResNet-9 for CIFAR-10 (see :class:`ResNet9`)."""
     return ResNet9(num_classes)
 
 
@@ -136,7 +136,7 @@ def resnet18(num_classes: int = 10, image_size: int = 32) -> nn.Module:
 
 @register_model("resnet34", "torchvision ResNet-34 (standard stem), GroupNorm(8)")
 def resnet34(num_classes: int = 10, image_size: int = 32) -> nn.Module:
-    """ResNet-34 with the standard stem at every resolution (SPEC: 21,289,802 parameters)."""
+    """ResNet-34 with the standard stem at every resolution (21,289,802 parameters for 10 classes)."""
     return dp_ready(tv.resnet34(weights=None, num_classes=num_classes))
 
 

@@ -160,12 +160,9 @@ def scatternet_linear(
 ) -> nn.Module:
     """Fixed scattering features, normalised (GroupNorm, or ``input_norm="dp_bn"`` with
     ``bn_noise_multiplier``, ``bn_mean_clip``, ``bn_sq_mean_clip``), and one linear layer (155,530 parameters)."""
-    head = nn.Sequential(
-        _scatter_norm(norm_groups, input_norm, bn_noise_multiplier, bn_mean_clip, bn_sq_mean_clip),
-        nn.Flatten(),
-        nn.Linear(SCATTER_CHANNELS * SCATTER_SIZE**2, num_classes),
-    )
-    return FrozenFrontendModel(ScatteringFrontend(image_size), head)
+    norm = _scatter_norm(norm_groups, input_norm, bn_noise_multiplier, bn_mean_clip, bn_sq_mean_clip)
+    classifier = nn.Linear(SCATTER_CHANNELS * SCATTER_SIZE**2, num_classes)
+    return _on_scattering(image_size, norm, nn.Flatten(), classifier)
 
 
 @register_model(
@@ -183,10 +180,10 @@ def scatternet_cnn(
     """Fixed scattering features, normalised as in :func:`scatternet_linear`, then Tramer & Boneh's small
     Tanh CNN (187,146 parameters)."""
     features, channels = _cnn_features(SCATTER_CHANNELS, [64, "M", 64], nn.Tanh)
-    head = nn.Sequential(
-        _scatter_norm(norm_groups, input_norm, bn_noise_multiplier, bn_mean_clip, bn_sq_mean_clip),
-        features,
-        nn.Flatten(),
-        nn.Linear(channels * 4 * 4, num_classes),
-    )
-    return FrozenFrontendModel(ScatteringFrontend(image_size), head)
+    norm = _scatter_norm(norm_groups, input_norm, bn_noise_multiplier, bn_mean_clip, bn_sq_mean_clip)
+    return _on_scattering(image_size, norm, features, nn.Flatten(), nn.Linear(channels * 4 * 4, num_classes))
+
+
+def _on_scattering(image_size: int, *head: nn.Module) -> nn.Module:
+    """The fixed scattering front end followed by the trainable ``head`` layers, in order."""
+    return FrozenFrontendModel(ScatteringFrontend(image_size), nn.Sequential(*head))

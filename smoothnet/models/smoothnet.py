@@ -1,8 +1,8 @@
 """SmoothNet (Remerscheid et al. 2022): a wide DenseNet without bottlenecks, SELU, GroupNorm, max-pool.
 
-Follows ../shared/SPEC.md section 1 and the authors' code. The three connection types reproduce
+Follows the paper and the authors' code. The three connection types reproduce
 the three model families of the first author's thesis study, whose parameter counts
-(../shared/reference/thesis_study_table.md) they match exactly:
+(Remerscheid's thesis study table, quoted in params.yaml) they match exactly:
 
 - ``dense`` (SmoothNet proper): ``SmoothNet.py`` of TUM-AIMED/PrivateModelArchitectures, i.e.
   ``ENScalingResidualModel(dense=True)`` of NiWaRe/DPBenchmark ``models.py``. W80D50 with 10

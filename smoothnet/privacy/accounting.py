@@ -11,7 +11,7 @@ A history is what Opacus' accountants record: a list of ``(noise_multiplier, sam
 segments, one per change of sigma or q (a resumed run with unchanged settings is still one segment).
 Each step is one Poisson-subsampled Gaussian mechanism; both libraries are fed exactly that event.
 
-Accounting facts this module relies on and callers must respect (SPEC section 3):
+Accounting facts this module relies on and callers must respect:
 
 - Opacus' sample rate is ``q = 1 / len(data_loader)``, not ``batch_size / N`` (CIFAR-10 40k at batch 256:
   ``len = ceil(40000 / 256) = 157``, ``q = 1/157`` while ``256/40000 = 1/156.25``). Use :func:`opacus_sample_rate`.

@@ -23,9 +23,10 @@ gradient norms and, once the clip factors are known, its clipped summed gradient
 - ``auto`` (default, "mixed ghost clipping"): per layer, ``ghost`` where 8 T^2 (d + p) <= d p (e.g. a
   Linear layer on vectors, late convolutions at 2x2), else ``materialize``.
 
-Conv1d/2d/3d, Linear, GroupNorm and LayerNorm have exact rules (matched by exact type: a subclass
-may change the forward, e.g. weight standardisation). Any other module with trainable parameters of
-its own falls back to torch.func per-example gradients of that module's own parameters. BatchNorm
+Conv1d/2d/3d, Linear, GroupNorm and LayerNorm have exact rules, registered per layer type with
+:func:`register_rule` (Opacus' grad-sampler registry pattern; matched by exact type: a subclass may change
+the forward, e.g. weight standardisation). Any other module with trainable parameters of its own falls
+back to torch.func per-example gradients of that module's own parameters. BatchNorm
 mixes examples in a batch and is refused. Privacy-critical: per-example norms use the same
 clip factor as Opacus, ``min(1, C / (||g_i|| + 1e-6))``.
 """
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -42,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-METHODS = ("auto", "ghost", "materialize")
-CONV_PER_EXAMPLE = ("auto", "loop", "grouped", "unfold", "tune")
+from smoothnet.privacy.per_sample_method import CLIPPINGS, CONV_PER_EXAMPLE, parse_clipping_spec
+
+METHODS = CLIPPINGS  # ClippedGradientModule's per-layer clipping: auto, ghost, materialize
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = (nn.GroupNorm, nn.LayerNorm)
 _EPS = 1e-6  # Opacus' clip factor: C / (norm + 1e-6), at most 1
 
 
@@ -66,27 +67,62 @@ class _LayerState:
     captures: list[_Capture] = field(default_factory=list)
     grad_samples: dict[str, Tensor] = field(default_factory=dict)  # name -> (examples, *shape), fp32
     ghost: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (input, scaled output grad)
-    norm_sq: Tensor | None = None  # ghost layers: per-example squared norm
+    norm_sq: Tensor | None = None  # ghost layers: per-example squared gradient norm
 
 
 def parse_method(spec: str) -> tuple[str, str]:
     """``"<method>"`` or ``"<method>+<conv_per_example>"`` (e.g. ``materialize+grouped``) -> the two parts.
 
-    The form the trainer records after ``fast:`` and ``method_select`` stores; raises ``ValueError``
-    naming the valid choices.
+    The form the trainer records after ``fast:`` and ``method_select`` stores
+    (:class:`smoothnet.privacy.per_sample_method.PerSampleMethod` reads the whole form); raises
+    ``ValueError`` naming the valid choices.
     """
-    method, plus, conv = spec.partition("+")
-    conv = conv if plus else "auto"
-    if method not in METHODS or conv not in CONV_PER_EXAMPLE:
+    try:
+        return parse_clipping_spec(spec)
+    except ValueError:
         raise ValueError(
             f"per-sample method {spec!r}: expected <method>[+<conv>] with method in {list(METHODS)} and "
             f"conv in {list(CONV_PER_EXAMPLE)}, e.g. 'materialize+grouped'"
-        )
-    return method, conv
+        ) from None
 
 
-def layer_rule(module: nn.Module) -> str:
-    """How ``module``'s own trainable parameters get per-example gradients: conv, linear, norm, functorch.
+# ----------------------------------------------------------------------------- per-layer rules
+
+# A rule's ``per_example(clipper, layer, own, state, capture, views, single_use)`` adds the layer's
+# per-example gradients (``state.grad_samples``) or ghost norms (``state.norm_sq`` and ``state.ghost``) for one
+# call of the layer; ``ghost_sum(layer, x, scaled_grad_output)`` gives a ghost layer's clipped weight sum.
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """How a layer type's own trainable parameters get per-example gradients (see :func:`register_rule`)."""
+
+    name: str
+    per_example: Callable[..., None]
+    applies: Callable[[nn.Module], bool] | None = None  # None: every module of the registered types
+    ghost_sum: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None
+
+
+_RULES: dict[type[nn.Module], LayerRule] = {}
+
+
+def register_rule(*layer_types: type[nn.Module], name: str, applies=None, ghost_sum=None):
+    """Register the decorated function as the per-example rule of exactly ``layer_types`` (not subclasses:
+    a subclass may change the forward, e.g. weight standardisation), as Opacus' ``register_grad_sampler``.
+
+    ``applies(module)`` may turn a rule down for a module (then the torch.func fallback runs)."""
+
+    def decorate(fn):
+        for layer_type in layer_types:
+            _RULES[layer_type] = LayerRule(name, fn, applies, ghost_sum)
+        return fn
+
+    return decorate
+
+
+def layer_rule(module: nn.Module) -> LayerRule:
+    """The rule for ``module``'s own trainable parameters: the registered one for its exact type, else the
+    torch.func fallback.
 
     Raises ``ValueError`` for BatchNorm (it mixes the examples of a batch, so per-example gradients
     are not defined): replace it with GroupNorm (``opacus.validators.ModuleValidator.fix``).
@@ -96,13 +132,10 @@ def layer_rule(module: nn.Module) -> str:
             f"{type(module).__name__} mixes the examples of a batch: per-example gradients are undefined; "
             "replace it with GroupNorm (opacus.validators.ModuleValidator.fix(model))"
         )
-    if type(module) in _CONVS and not isinstance(module.padding, str):
-        return "conv"
-    if type(module) is nn.Linear:
-        return "linear"
-    if type(module) in _NORMS:
-        return "norm"
-    return "functorch"
+    rule = _RULES.get(type(module))
+    if rule is not None and (rule.applies is None or rule.applies(module)):
+        return rule
+    return _FUNCTORCH_RULE
 
 
 class ClippedGradientModule(nn.Module):
@@ -133,7 +166,7 @@ class ClippedGradientModule(nn.Module):
         self.max_grad_norm = float(max_grad_norm)
         self.method = method
         self.conv_per_example = conv_per_example
-        self._layers: dict[nn.Module, tuple[str, dict[str, nn.Parameter]]] = {}
+        self._layers: dict[nn.Module, tuple[LayerRule, dict[str, nn.Parameter]]] = {}
         for _, sub in module.named_modules():
             own = {n: p for n, p in sub.named_parameters(recurse=False) if p.requires_grad}
             if own:
@@ -145,7 +178,7 @@ class ClippedGradientModule(nn.Module):
         self._batch_rows = 0
         self._capturing = False
         self._backward_state: dict[nn.Module, _LayerState] | None = None
-        self._group_size = 1
+        self._views = 1
         self._conv_rules: dict[nn.Module, str] = {}  # conv_per_example="tune": each conv's fastest rule
         self._handles = [
             sub.register_forward_hook(self._forward_hook, with_kwargs=True) for sub in self._layers
@@ -155,11 +188,6 @@ class ClippedGradientModule(nn.Module):
     def module(self) -> nn.Module:
         """The wrapped model."""
         return self._module
-
-    def layer_methods(self) -> dict[str, str]:
-        """``{qualified module name: rule}`` for every module owning trainable parameters."""
-        names = {sub: name for name, sub in self._module.named_modules()}
-        return {names[sub] or "<root>": rule for sub, (rule, _) in self._layers.items()}
 
     def forward(self, x: Tensor, *args, **kwargs):
         """The wrapped model's output; with grad enabled, also records what ``clipped_backward`` needs."""
@@ -209,7 +237,7 @@ class ClippedGradientModule(nn.Module):
         layer = self._backward_state[sub]
         capture.grad_output = grad if capture.grad_output is None else capture.grad_output + grad
         if len(layer.captures) == 1:
-            self._per_example(sub, layer, self._group_size)
+            self._per_example(sub, layer, self._views)
 
     def clipped_backward(self, per_sample_loss: Tensor, group_size: int = 1) -> Tensor:
         """Accumulate into ``p.grad`` (``+=``) the clipped sum ``sum_i min(1, C/||g_i||) g_i``.
@@ -230,18 +258,18 @@ class ClippedGradientModule(nn.Module):
             raise ValueError(
                 f"group_size must be a positive divisor of the batch {self._batch_rows}, got {group_size!r}"
             )
-        rows, k = self._batch_rows, group_size
-        examples = rows // k
+        rows, views = self._batch_rows, group_size
+        examples = rows // views
         state, self._state = self._state, None
-        self._backward_state, self._group_size = state, k
+        self._backward_state, self._views = state, views
         try:
-            (per_sample_loss.sum() / k).backward()  # row grads / K: a group's sum is its mean gradient
+            (per_sample_loss.sum() / views).backward()  # row grads / K: a group's sum is its mean gradient
         finally:
             self._backward_state = None
         norm_sq = torch.zeros(examples, device=per_sample_loss.device, dtype=_acc(self._params[0]).dtype)
         for sub, layer in state.items():
             if layer.captures:
-                self._per_example(sub, layer, k)
+                self._per_example(sub, layer, views)
             for gs in layer.grad_samples.values():
                 norm_sq += _row_sq_norms(gs)
             if layer.norm_sq is not None:
@@ -257,13 +285,13 @@ class ClippedGradientModule(nn.Module):
                     gs = layer.grad_samples[name]
                     _accumulate(p, _clipped_sum(gs, clip))
             for x, go in layer.ghost:
-                self._ghost_sum(sub, own, x, go, clip.repeat_interleave(k))
+                self._ghost_sum(sub, own, x, go, clip.repeat_interleave(views))
             for p in own.values():
                 if p.grad is None:  # layer unused by this loss: its gradient is zero
                     p.grad = torch.zeros_like(p)
         return norms
 
-    def _per_example(self, sub: nn.Module, layer: _LayerState, k: int) -> None:
+    def _per_example(self, sub: nn.Module, layer: _LayerState, views: int) -> None:
         rule, own = self._layers[sub]
         used = [c for c in layer.captures if c.grad_output is not None]
         single_use = len(layer.captures) == 1
@@ -275,15 +303,7 @@ class ClippedGradientModule(nn.Module):
                     f"the input of {type(sub).__name__} was modified in place after the layer ran; "
                     "per-sample gradients need it unchanged (use inplace=False on the following op)"
                 )
-            x, go = c.args[0], c.grad_output
-            if rule == "conv":
-                self._conv(sub, own, layer, x, go, k, single_use)
-            elif rule == "linear":
-                self._linear(own, layer, x, go, k, single_use)
-            elif rule == "norm":
-                _add_samples(layer, _norm_samples(sub, own, x, go, k))
-            else:
-                _add_samples(layer, _functorch_samples(sub, own, c, k))
+            rule.per_example(self, sub, own, layer, c, views, single_use)
 
     def _use_ghost(self, positions: int, fan_in: int, fan_out: int, single_use: bool) -> bool:
         if not single_use or self.method == "materialize":
@@ -293,55 +313,21 @@ class ClippedGradientModule(nn.Module):
         # gradients' memory traffic (B d p). 8x margin: measured on CPU, where im2col is costly.
         return self.method == "ghost" or 8 * positions * positions * (fan_in + fan_out) <= fan_in * fan_out
 
-    def _conv(self, conv, own, layer, x, go, k, single_use) -> None:
-        x = _conv_input(conv, x)
-        rows = x.shape[0]
-        positions = k * math.prod(go.shape[2:])
-        fan_in = conv.weight[0].numel()
-        ghost = conv.groups == 1 and self._use_ghost(positions, fan_in, conv.out_channels, single_use)
-        if "bias" in own:
-            _add_samples(layer, {"bias": _acc(go).flatten(2).sum(2).view(rows // k, k, -1).sum(1)})
-        if "weight" not in own:  # frozen weight: only trainable parameters count, as for Linear
-            return
-        if ghost:
-            unfold = _unfold(conv, x)  # (rows, fan_in, T)
-            a = _acc(unfold.view(rows // k, k, fan_in, -1).transpose(1, 2).flatten(2))
-            g = _acc(go.flatten(2).view(rows // k, k, conv.out_channels, -1).transpose(1, 2).flatten(2))
-            layer.norm_sq = _ghost_norm_sq(a, g) + (0 if layer.norm_sq is None else layer.norm_sq)
-            layer.ghost.append((x, go))
-            return
+    def _conv_samples(self, conv: nn.Module, x: Tensor, go: Tensor, views: int) -> Tensor:
+        """Per-example weight gradients of ``conv`` by the configured (or, with ``tune``, the fastest) rule."""
         impl = self.conv_per_example
         if impl == "auto":
             impl = "loop" if x.device.type == "cpu" else "grouped"
         if impl == "tune" and conv not in self._conv_rules:
-            self._conv_rules[conv], samples = _fastest_conv_rule(conv, x, go, k)
-        else:
-            samples = _conv_samples(self._conv_rules.get(conv, impl), conv, x, go, k)
-        _add_samples(layer, {"weight": samples})
+            self._conv_rules[conv], samples = _fastest_conv_rule(conv, x, go, views)
+            return samples
+        return _conv_samples(self._conv_rules.get(conv, impl), conv, x, go, views)
 
     def conv_rules(self) -> dict[str, str]:
         """``{qualified name: rule}`` that ``conv_per_example="tune"`` measured fastest per convolution
         (filled by the first backward)."""
         names = {sub: name for name, sub in self._module.named_modules()}
         return {names[conv] or "<root>": rule for conv, rule in self._conv_rules.items()}
-
-    def _linear(self, own, layer, x, go, k, single_use) -> None:
-        rows, fan_in, fan_out = x.shape[0], x.shape[-1], go.shape[-1]
-        a = _acc(x.reshape(rows // k, -1, fan_in))  # (examples, K*T, d)
-        g = _acc(go.reshape(rows // k, -1, fan_out))
-        if "bias" in own:
-            _add_samples(layer, {"bias": g.sum(1)})
-        if "weight" not in own:
-            return
-        if self._use_ghost(a.shape[1], fan_in, fan_out, single_use):
-            if a.shape[1] == 1:
-                norm_sq = a.pow(2).sum((1, 2)) * g.pow(2).sum((1, 2))
-            else:
-                norm_sq = _ghost_norm_sq(a.transpose(1, 2), g.transpose(1, 2))
-            layer.norm_sq = norm_sq + (0 if layer.norm_sq is None else layer.norm_sq)
-            layer.ghost.append((x, go))
-        else:
-            _add_samples(layer, {"weight": torch.einsum("btp,btd->bpd", g, a)})
 
     def _ghost_sum(self, sub, own, x, go, row_clip: Tensor) -> None:
         with _exact_fp32():
@@ -355,11 +341,71 @@ class ClippedGradientModule(nn.Module):
         factor = row_clip.view(-1, *([1] * (go.dim() - 1))).double()
         go = torch.where(factor > 0, go.double() * factor, 0.0)
         x = torch.where(factor > 0, x.double(), 0.0)
-        if type(sub) is nn.Linear:
-            grad = go.reshape(-1, go.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+        _accumulate(own["weight"], self._layers[sub][0].ghost_sum(sub, x, go))
+
+
+def _linear_ghost_sum(linear: nn.Module, x: Tensor, go: Tensor) -> Tensor:
+    return go.reshape(-1, go.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+
+
+def _conv_ghost_sum(conv: nn.Module, x: Tensor, go: Tensor) -> Tensor:
+    return _conv_weight_grad(conv, x, go)
+
+
+@register_rule(
+    *_CONVS, name="conv", applies=lambda conv: not isinstance(conv.padding, str), ghost_sum=_conv_ghost_sum
+)
+def _conv_rule(clipper, conv, own, layer, capture, views, single_use) -> None:
+    x, go = _conv_input(conv, capture.args[0]), capture.grad_output
+    rows = x.shape[0]
+    positions = views * math.prod(go.shape[2:])
+    fan_in = conv.weight[0].numel()
+    ghost = conv.groups == 1 and clipper._use_ghost(positions, fan_in, conv.out_channels, single_use)
+    if "bias" in own:
+        _add_samples(layer, {"bias": _acc(go).flatten(2).sum(2).view(rows // views, views, -1).sum(1)})
+    if "weight" not in own:  # frozen weight: only trainable parameters count, as for Linear
+        return
+    if ghost:
+        unfold = _unfold(conv, x)  # (rows, fan_in, T)
+        a = _acc(unfold.view(rows // views, views, fan_in, -1).transpose(1, 2).flatten(2))
+        g = _acc(go.flatten(2).view(rows // views, views, conv.out_channels, -1).transpose(1, 2).flatten(2))
+        layer.norm_sq = _ghost_norm_sq(a, g) + (0 if layer.norm_sq is None else layer.norm_sq)
+        layer.ghost.append((x, go))
+        return
+    _add_samples(layer, {"weight": clipper._conv_samples(conv, x, go, views)})
+
+
+@register_rule(nn.Linear, name="linear", ghost_sum=_linear_ghost_sum)
+def _linear_rule(clipper, linear, own, layer, capture, views, single_use) -> None:
+    x, go = capture.args[0], capture.grad_output
+    rows, fan_in, fan_out = x.shape[0], x.shape[-1], go.shape[-1]
+    a = _acc(x.reshape(rows // views, -1, fan_in))  # (examples, K*T, d)
+    g = _acc(go.reshape(rows // views, -1, fan_out))
+    if "bias" in own:
+        _add_samples(layer, {"bias": g.sum(1)})
+    if "weight" not in own:
+        return
+    if clipper._use_ghost(a.shape[1], fan_in, fan_out, single_use):
+        if a.shape[1] == 1:
+            norm_sq = a.pow(2).sum((1, 2)) * g.pow(2).sum((1, 2))
         else:
-            grad = _conv_weight_grad(sub, x, go)
-        _accumulate(own["weight"], grad)
+            norm_sq = _ghost_norm_sq(a.transpose(1, 2), g.transpose(1, 2))
+        layer.norm_sq = norm_sq + (0 if layer.norm_sq is None else layer.norm_sq)
+        layer.ghost.append((x, go))
+    else:
+        _add_samples(layer, {"weight": torch.einsum("btp,btd->bpd", g, a)})
+
+
+@register_rule(nn.GroupNorm, nn.LayerNorm, name="normalization")
+def _normalization_rule(clipper, norm_layer, own, layer, capture, views, single_use) -> None:
+    _add_samples(layer, _normalization_samples(norm_layer, own, capture.args[0], capture.grad_output, views))
+
+
+def _functorch_rule(clipper, sub, own, layer, capture, views, single_use) -> None:
+    _add_samples(layer, _functorch_samples(sub, own, capture, views))
+
+
+_FUNCTORCH_RULE = LayerRule("functorch", _functorch_rule)
 
 
 def _acc(t: Tensor) -> Tensor:
@@ -449,18 +495,18 @@ def _conv_weight_grad(conv, x: Tensor, go: Tensor) -> Tensor:
     )[1]  # fmt: skip
 
 
-def _conv_weight_grad_per_example(conv, x: Tensor, go: Tensor, k: int) -> Tensor:
-    """Per-example weight gradients (examples, *weight.shape) of ``conv``, each summed over its k rows.
+def _conv_weight_grad_per_example(conv, x: Tensor, go: Tensor, views: int) -> Tensor:
+    """Per-example weight gradients (examples, *weight.shape) of ``conv``, each summed over its ``views`` rows.
 
-    The examples are folded into the channels, (rows, C, *S) -> (k, examples * C, *S), and one
+    The examples are folded into the channels, (rows, C, *S) -> (views, examples * C, *S), and one
     weight gradient of the same convolution with ``groups * examples`` groups gives every example's
     gradient at once: group j of the folded convolution sees only example j's channels.
     """
-    examples = x.shape[0] // k
+    examples = x.shape[0] // views
 
     def fold(t: Tensor) -> Tensor:
-        t = t.reshape(examples, k, *t.shape[1:]).transpose(0, 1)
-        return t.reshape(k, examples * t.shape[2], *t.shape[3:])
+        t = t.reshape(examples, views, *t.shape[1:]).transpose(0, 1)
+        return t.reshape(views, examples * t.shape[2], *t.shape[3:])
 
     weight = conv.weight
     folded_weight = weight.new_zeros((examples * weight.shape[0], *weight.shape[1:]), dtype=go.dtype)
@@ -474,29 +520,29 @@ def _conv_weight_grad_per_example(conv, x: Tensor, go: Tensor, k: int) -> Tensor
 CONV_RULES = ("loop", "grouped", "unfold")  # what conv_per_example="tune" times per layer
 
 
-def _conv_samples(impl: str, conv, x: Tensor, go: Tensor, k: int) -> Tensor:
+def _conv_samples(impl: str, conv, x: Tensor, go: Tensor, views: int) -> Tensor:
     """Per-example weight gradients (examples, *weight.shape) of ``conv`` by rule ``impl`` (module docstring)."""
     rows = x.shape[0]
     if impl == "unfold" and conv.groups == 1:
         unfold = _unfold(conv, x)  # (rows, fan_in, T)
         g = go.flatten(2).to(unfold.dtype)  # (rows, C_out, T)
         grads = torch.bmm(g, unfold.transpose(1, 2))  # (rows, C_out, fan_in)
-        if k > 1:
-            grads = grads.view(rows // k, k, *grads.shape[1:]).sum(1)
-        return grads.view(rows // k, *conv.weight.shape)
+        if views > 1:
+            grads = grads.view(rows // views, views, *grads.shape[1:]).sum(1)
+        return grads.view(rows // views, *conv.weight.shape)
     if impl in ("grouped", "unfold"):
-        return _conv_weight_grad_per_example(conv, x, go, k)
+        return _conv_weight_grad_per_example(conv, x, go, views)
     samples = None
-    for i in range(rows // k):
-        part = slice(i * k, i * k + k)
+    for i in range(rows // views):
+        part = slice(i * views, i * views + views)
         grad = _conv_weight_grad(conv, x[part], go[part])
         if samples is None:  # same memory layout as oneDNN's result (e.g. channels-last): plain copies
-            samples = _batched_like(grad, rows // k, _acc(go).dtype)
+            samples = _batched_like(grad, rows // views, _acc(go).dtype)
         samples[i] = grad
     return samples
 
 
-def _fastest_conv_rule(conv, x: Tensor, go: Tensor, k: int) -> tuple[str, Tensor]:
+def _fastest_conv_rule(conv, x: Tensor, go: Tensor, views: int) -> tuple[str, Tensor]:
     """Time every rule of ``CONV_RULES`` once on this layer's own input and output gradient; the fastest
     rule and its result (every rule gives the same numbers, up to rounding)."""
     best = None
@@ -504,7 +550,7 @@ def _fastest_conv_rule(conv, x: Tensor, go: Tensor, k: int) -> tuple[str, Tensor
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
         start = time.perf_counter()
-        samples = _conv_samples(rule, conv, x, go, k)
+        samples = _conv_samples(rule, conv, x, go, views)
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
         took = time.perf_counter() - start
@@ -519,29 +565,29 @@ def _unfold(conv, x: Tensor) -> Tensor:
     if isinstance(conv, nn.Conv2d):
         return F.unfold(x, conv.kernel_size, conv.dilation, _conv_padding(conv), conv.stride)
     if isinstance(conv, nn.Conv1d):
-        (k,), (d,), (p,), (s,) = conv.kernel_size, conv.dilation, _conv_padding(conv), conv.stride
-        return F.unfold(x.unsqueeze(2), (1, k), (1, d), (0, p), (1, s))  # a 1 x L image
+        (kernel,), (d,), (p,), (s,) = conv.kernel_size, conv.dilation, _conv_padding(conv), conv.stride
+        return F.unfold(x.unsqueeze(2), (1, kernel), (1, d), (0, p), (1, s))  # a 1 x L image
     # Conv3d: pad, then unfold each spatial dimension
     pads = [v for p in reversed(_conv_padding(conv)) for v in (p, p)]
     xp = F.pad(x, pads)
-    for dim, (k, d, s) in enumerate(zip(conv.kernel_size, conv.dilation, conv.stride, strict=True)):
-        xp = xp.unfold(2 + dim, d * (k - 1) + 1, s)[..., ::d]
+    for dim, (kernel, d, s) in enumerate(zip(conv.kernel_size, conv.dilation, conv.stride, strict=True)):
+        xp = xp.unfold(2 + dim, d * (kernel - 1) + 1, s)[..., ::d]
     rows, cin = x.shape[:2]
     # xp: (rows, cin, o1, o2, o3, k1, k2, k3) -> (rows, cin*k1*k2*k3, o1*o2*o3)
     return xp.permute(0, 1, 5, 6, 7, 2, 3, 4).reshape(rows, cin * math.prod(conv.kernel_size), -1)
 
 
-def _norm_samples(norm, own, x: Tensor, go: Tensor, k: int) -> dict[str, Tensor]:
+def _normalization_samples(norm_layer, own, x: Tensor, go: Tensor, views: int) -> dict[str, Tensor]:
     """Per-example gradients of GroupNorm/LayerNorm affine parameters from the normalised input."""
     rows = x.shape[0]
-    if isinstance(norm, nn.GroupNorm):
-        xhat = F.group_norm(_acc(x), norm.num_groups, None, None, norm.eps)
+    if isinstance(norm_layer, nn.GroupNorm):
+        xhat = F.group_norm(_acc(x), norm_layer.num_groups, None, None, norm_layer.eps)
         reduce = [0] + list(range(2, x.dim()))  # per channel
-        shape = (rows, norm.num_channels, -1)
+        shape = (rows, norm_layer.num_channels, -1)
     else:
-        xhat = F.layer_norm(_acc(x), norm.normalized_shape, None, None, norm.eps)
+        xhat = F.layer_norm(_acc(x), norm_layer.normalized_shape, None, None, norm_layer.eps)
         reduce = None
-        shape = (rows, -1, math.prod(norm.normalized_shape))
+        shape = (rows, -1, math.prod(norm_layer.normalized_shape))
     go = _acc(go)
     out = {}
     for name, value in (("weight", go * xhat), ("bias", go)):
@@ -551,11 +597,11 @@ def _norm_samples(norm, own, x: Tensor, go: Tensor, k: int) -> dict[str, Tensor]
             gs = value.reshape(shape).sum(2)
         else:
             gs = value.reshape(shape).sum(1)
-        out[name] = gs.view(rows // k, k, *own[name].shape).sum(1)
+        out[name] = gs.view(rows // views, views, *own[name].shape).sum(1)
     return out
 
 
-def _functorch_samples(sub: nn.Module, own: dict, c: _Capture, k: int):
+def _functorch_samples(sub: nn.Module, own: dict, c: _Capture, views: int):
     """Per-example gradients of ``sub``'s own parameters by torch.func (vmap over rows of vjp)."""
     from torch.func import functional_call, grad, vmap
 
@@ -570,4 +616,4 @@ def _functorch_samples(sub: nn.Module, own: dict, c: _Capture, k: int):
     with torch.enable_grad():
         samples = vmap(grad(row_loss), in_dims=in_dims)(params, c.grad_output, *c.args)
     rows = c.grad_output.shape[0]
-    return {n: _acc(s).view(rows // k, k, *s.shape[1:]).sum(1) for n, s in samples.items()}
+    return {n: _acc(s).view(rows // views, views, *s.shape[1:]).sum(1) for n, s in samples.items()}

@@ -4,7 +4,7 @@ one we measured.
 ``MEASURED`` is data, copied from ``benchmarks/throughput.py`` output (benchmarks/results/*.json, tables in
 benchmarks/README.md), with the machine it came from. Per device type, ``fastest`` maps a model (or
 ``model@image_size`` where the fastest differs by resolution) to ``(method, channels_last)``; methods are
-``ClippedGradientModule`` specs (``auto``, ``materialize+grouped``, ...: ``fast_clipping.parse_method``) or
+``ClippedGradientModule`` specs (``auto``, ``materialize+grouped``, ...: ``PerSampleMethod.from_table``) or
 an Opacus mode (``hooks``, ...) where that was fastest. ``fastest_ours`` gives the fastest of the package's
 own module where ``fastest`` is an Opacus mode, for runs only the module can do (augmentation
 multiplicity, bf16 autocast). A model or device type without a measurement gets ``DEFAULT`` (mixed ghost
@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from smoothnet.privacy.per_sample_method import OPACUS_MODES, PerSampleMethod  # noqa: F401 (re-exported)
+
 DEFAULT = ("auto", False)
-OPACUS_MODES = ("hooks", "functorch", "ew", "ghost")
 
 MEASURED: dict[str, dict] = {
     "cpu": {
@@ -88,7 +89,7 @@ def _entry(model_name: str, device_type: str, image_size: int | None, ours_only:
     for key in keys:
         if key in table.get("fastest", {}):
             entry = table["fastest"][key]
-            if ours_only and entry[0] in OPACUS_MODES:
+            if ours_only and PerSampleMethod.from_table(entry[0]).is_opacus:
                 ours = table.get("fastest_ours", {})
                 return next((ours[k] for k in keys[keys.index(key) :] if k in ours), DEFAULT)
             return entry
@@ -155,7 +156,7 @@ def candidates(device_type: str, ours_only: bool = False, channels_last: bool = 
     module is correct (``ours_only``: augmentation multiplicity, bf16) or the model is channels-last."""
     methods = CANDIDATES.get(device_type, CANDIDATES["cuda"])
     if ours_only or channels_last:
-        methods = tuple(m for m in methods if m not in OPACUS_MODES)
+        methods = tuple(m for m in methods if not PerSampleMethod.parse(m).is_opacus)
     return methods
 
 
@@ -163,19 +164,22 @@ def training_step(
     model: nn.Module, method: str, batch: int, max_grad_norm: float, noise_multiplier: float = 1.0, lr=1e-3
 ):
     """A closure ``step(x, y)`` running one DP-SGD step of ``method`` on ``model`` (per-sample gradients,
-    clipping, Gaussian noise, SGD-momentum update), as the trainer runs it; ``method`` in trainer form."""
+    clipping, Gaussian noise, SGD-momentum update), as the trainer runs it; ``method`` a
+    :class:`PerSampleMethod` or its string form."""
     from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 
-    from smoothnet.privacy.fast_clipping import ClippedGradientModule, parse_method
+    from smoothnet.privacy.fast_clipping import ClippedGradientModule
 
     loss_fn = nn.CrossEntropyLoss(reduction="none")
     sgd = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     calibration = dict(
         noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, expected_batch_size=batch
     )
-    if method.startswith("fast"):
-        layer_method, conv = parse_method(method.partition(":")[2] or "auto")
-        wrapped = ClippedGradientModule(model, max_grad_norm, layer_method, conv_per_example=conv)
+    per_sample = PerSampleMethod.parse(method)
+    if not per_sample.is_opacus:
+        wrapped = ClippedGradientModule(
+            model, max_grad_norm, per_sample.clipping, conv_per_example=per_sample.conv_per_example
+        )
         opt = DPOptimizerFastGradientClipping(sgd, **calibration)
 
         def step(x, y):
@@ -184,12 +188,13 @@ def training_step(
             opt.step()
 
         return step
-    if method not in OPACUS_MODES or method == "ghost":
+    mode = per_sample.mode
+    if mode == "ghost":
         raise ValueError(f"autotune times fast:<method> and Opacus' hooks/functorch/ew, not {method!r}")
     from opacus.grad_sample import get_gsm_class
 
-    extra = {} if method == "ew" else {"force_functorch": method == "functorch"}
-    gsm = get_gsm_class(method)(model, batch_first=True, loss_reduction="mean", **extra)
+    extra = {} if mode == "ew" else {"force_functorch": mode == "functorch"}
+    gsm = get_gsm_class(mode)(model, batch_first=True, loss_reduction="mean", **extra)
     opt = DPOptimizer(sgd, **calibration)
 
     def step(x, y):
@@ -255,7 +260,7 @@ def autotune(
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         for method in methods:
-            if materialized > max_materialized_bytes and (method in OPACUS_MODES or "materialize" in method):
+            if materialized > max_materialized_bytes and _holds_every_gradient(method):
                 failed[method] = f"skipped: per-example gradients would take {materialized / 2**30:.1f} GiB"
                 continue
             try:
@@ -288,6 +293,13 @@ def autotune(
         device=device.type,
         clock=getattr(timer, "__name__", None),
     )
+
+
+def _holds_every_gradient(method: str) -> bool:
+    try:
+        return PerSampleMethod.parse(method).holds_every_gradient
+    except ValueError:  # not a method: its step fails below and is recorded under ``failed``
+        return False
 
 
 def step_clock(device: torch.device):

@@ -48,10 +48,13 @@ def architecture(run: Run) -> tuple | None:
     return tuple(opts[a] for a in ATTRS)
 
 
-def thesis_match(entries: tuple[ThesisEntry, ...], arch: tuple, long_run: bool) -> ThesisEntry | None:
+def thesis_match(
+    entries: tuple[ThesisEntry, ...], arch: tuple, long_run: bool, unstated_matches_any: bool = False
+) -> ThesisEntry | None:
     """The most specific thesis entry whose attributes all equal ``arch`` (file order breaks ties).
 
-    An attribute the thesis does not state (null) is taken to be SmoothNet's default.
+    An attribute the thesis does not state (null) is taken to be SmoothNet's default, or, with
+    ``unstated_matches_any``, to match any value (a run that varies what the thesis leaves open).
     """
     attrs = dict(zip(ATTRS, arch, strict=True))
     best, best_score = None, -1
@@ -59,7 +62,8 @@ def thesis_match(entries: tuple[ThesisEntry, ...], arch: tuple, long_run: bool) 
         if (entry.run == "long") != long_run:
             continue
         ok = all(
-            _equal(SMOOTHNET_DEFAULTS[k] if value is None else value, attrs[k])
+            (value is None and unstated_matches_any)
+            or _equal(SMOOTHNET_DEFAULTS[k] if value is None else value, attrs[k])
             for k, value in entry.attributes.items()
         )
         score = sum(v is not None for v in entry.attributes.values())

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 HELP = "Train one run from params.yaml with DP-SGD (or without privacy) and write its run record."
+# EX_TEMPFAIL of sysexits.h: not finished, not failed; the same command continues from the checkpoint.
+EXIT_TIME_LIMIT = 75
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--time-limit-minutes",
+        type=float,
+        default=None,
+        help="stop after the last epoch that fits in this many minutes, keeping its checkpoint, and exit "
+        f"with code {EXIT_TIME_LIMIT}; the same command resumes (a run option: the record is the same)",
+    )
 
 
 def run_profile(params: dict, study: str) -> str:
@@ -34,9 +43,11 @@ def run_profile(params: dict, study: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Train; expected mistakes end in one line naming the run or key and the fix, exit code 2."""
+    """Train; expected mistakes end in one line naming the run or key and the fix, exit code 2; a stop at
+    ``--time-limit-minutes`` in one line with exit code 75 (run the command again to resume)."""
     from smoothnet.params import ParamsError
     from smoothnet.training.config import ConfigError
+    from smoothnet.training.trainer import TimeLimitReached
 
     checkpoint_dir = Path(args.checkpoints) / args.run_id
     try:
@@ -44,6 +55,9 @@ def main(args: argparse.Namespace) -> int:
     except (ParamsError, ConfigError, MissingDataError) as exc:
         print(f"smoothnet train: error: {exc}", file=sys.stderr)
         return 2
+    except TimeLimitReached as exc:
+        print(f"smoothnet train: {exc}", file=sys.stderr)
+        return EXIT_TIME_LIMIT
     except ValueError as exc:
         if "privacy budget is too low" not in str(exc):  # Opacus' noise search found no sigma
             raise
@@ -72,10 +86,12 @@ class MissingDataError(RuntimeError):
 
 def _train(args: argparse.Namespace) -> int:
     from smoothnet.params import load_params, resolve_run, stage_name
-    from smoothnet.training.config import TrainConfig
+    from smoothnet.training.config import ConfigError, TrainConfig
     from smoothnet.training.environment import pick_device
     from smoothnet.training.trainer import RunPaths, train
 
+    if args.time_limit_minutes is not None and not args.time_limit_minutes > 0:
+        raise ConfigError(f"--time-limit-minutes must be positive (got {args.time_limit_minutes})")
     params = load_params(args.params)
     resolved = resolve_run(params, args.run_id)
     config = TrainConfig.from_params(resolved)
@@ -99,6 +115,7 @@ def _train(args: argparse.Namespace) -> int:
         stage=stage_name(params, args.run_id),
         device=device,
         progress=not args.no_progress,
+        time_limit_s=None if args.time_limit_minutes is None else 60 * args.time_limit_minutes,
     )
     results, privacy = record["results"], record["privacy"]
     eps = f", epsilon {privacy['epsilon']:.3f} ({privacy['accountant']})" if privacy["private"] else ""

@@ -15,10 +15,17 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
+from smoothnet.privacy.per_sample_method import PerSampleMethod
+
 ACCOUNTANTS = ("rdp", "prv")
-GRAD_SAMPLE_MODES = ("auto", "fast", "hooks", "functorch", "ew", "ghost")
 OPTIMIZERS = ("sgd",)
-LR_SCHEDULES = ("step", "constant", "cosine_epoch", "cosine_opacus", "cosine_step")  # smoothnet.training.schedules
+LR_SCHEDULES = (
+    "step",
+    "constant",
+    "cosine_epoch",
+    "cosine_opacus",
+    "cosine_step",
+)  # smoothnet.training.schedules
 
 
 class ConfigError(ValueError):
@@ -30,7 +37,9 @@ class TrainConfig:
     """One training run. Privacy claim: (target_epsilon, delta)-DP for the training set under the
     chosen accountant, with Poisson sampling at q = 1/len(loader) (Opacus' convention).
 
-    Fields mirror the keys of ``train`` / ``runs.<run_id>`` in params.yaml.
+    Fields mirror the keys of ``train`` / ``runs.<run_id>`` in params.yaml; the defaults are params.yaml's
+    ``train`` values (tests/test_params.py checks they agree), except the code-only ``allow_non_poisson``
+    and ``channels_last``, which no run sets.
     """
 
     run_id: str
@@ -48,7 +57,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     epochs: int = 180
     logical_batch_size: int = 256
-    physical_batch_size: int = 64
+    physical_batch_size: int = 128
     optimizer: str = "sgd"
     lr: float = 0.002
     momentum: float = 0.9
@@ -57,6 +66,8 @@ class TrainConfig:
     lr_step_size: int = 5
     lr_gamma: float = 0.9
     lr_warmup_epochs: int = 0  # linear warm-up over the first epochs (per step for per-step schedules)
+    # auto, or a per-sample method's string form (smoothnet.privacy.per_sample_method), e.g. the
+    # ``privacy.grad_sample_mode`` a record names, to re-run it with that method and no timing
     grad_sample_mode: str = "auto"
     # with grad_sample_mode auto: time each candidate method for a few steps at the start of a private run
     # and use the fastest (smoothnet.privacy.method_select.autotune); false: the measured table
@@ -70,6 +81,9 @@ class TrainConfig:
     seed: int = 0
     # DP runs: noise, Poisson masks and augmentation from OS entropy (releasable, not reproducible)
     secure_noise: bool = False
+    # DP runs with the package's clipping module: pad every physical batch to physical_batch_size with rows
+    # of loss weight 0 (smoothnet.training.fixed_shape), one shape for a compiled or captured step
+    fixed_shape_batches: bool = False
 
     @classmethod
     def from_params(cls, resolved: dict[str, Any]) -> TrainConfig:
@@ -95,6 +109,11 @@ class TrainConfig:
         config = cls(**values)
         config.validate()
         return config
+
+    @property
+    def uses_opacus_mode(self) -> bool:
+        """Whether ``grad_sample_mode`` names one of Opacus' modes (``auto`` may still pick one)."""
+        return self.grad_sample_mode != "auto" and PerSampleMethod.parse(self.grad_sample_mode).is_opacus
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid key and its valid range."""
@@ -131,8 +150,11 @@ class TrainConfig:
                     f"{where}: poisson_sampling is false, but the accountant's guarantee assumes Poisson "
                     "sampling; set allow_non_poisson: true to run anyway (recorded as not covered)"
                 )
-        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
-            fail("grad_sample_mode", f"must be one of {list(GRAD_SAMPLE_MODES)}")
+        if self.grad_sample_mode != "auto":
+            try:
+                PerSampleMethod.parse(self.grad_sample_mode)
+            except ValueError as exc:
+                fail("grad_sample_mode", f"must be auto or a per-sample method; {exc}")
         if not isinstance(self.autotune_method, bool):
             fail("autotune_method", "must be true or false")
         if self.epochs < 1:
@@ -155,13 +177,13 @@ class TrainConfig:
             raise ConfigError(f"{where}: lr_step_size must be >= 1 and lr_gamma in (0, 1]")
         if not (0 <= self.lr_warmup_epochs < self.epochs):
             fail("lr_warmup_epochs", f"must be in [0, epochs={self.epochs}) (0 = no warm-up)")
-        if self.channels_last and self.grad_sample_mode not in ("auto", "fast"):
+        if self.channels_last and self.uses_opacus_mode:
             raise ConfigError(
                 f"{where}: channels_last with grad_sample_mode {self.grad_sample_mode!r}: Opacus 1.6.0 computes "
                 "wrong per-sample gradients for channels-last models (tests/test_dp_step.py); use "
                 "grad_sample_mode: fast, or channels_last: false"
             )
-        if self.autocast_bf16 and self.grad_sample_mode not in ("auto", "fast"):
+        if self.autocast_bf16 and self.uses_opacus_mode:
             raise ConfigError(
                 f"{where}: autocast_bf16 with grad_sample_mode {self.grad_sample_mode!r}: only the package's "
                 "clipping module is checked under bf16 autocast; use grad_sample_mode: fast (or auto)"

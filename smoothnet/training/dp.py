@@ -1,10 +1,11 @@
 """Attach DP-SGD to a model, optimizer and dataset, through Opacus.
 
-Two paths share Opacus' sampler, optimizer and accountant:
+Two paths share Opacus' sampler, optimizer and accountant; the method is a
+:class:`smoothnet.privacy.per_sample_method.PerSampleMethod` (or its string form):
 
 - Opacus' own per-sample gradient modes (hooks, functorch, ew, ghost) go through
   ``PrivacyEngine.make_private_with_epsilon`` / ``make_private``, exactly as the paper's code did.
-- ``fast:<method>[+<conv>]`` wraps the model in :class:`smoothnet.privacy.fast_clipping.ClippedGradientModule`,
+- ``fast:<clipping>[+<conv>]`` wraps the model in :class:`smoothnet.privacy.fast_clipping.ClippedGradientModule`,
   which leaves the clipped per-sample gradient sum in ``p.grad``; Opacus' ``DPOptimizerFastGradientClipping``
   then adds N(0, (sigma*C)^2) and divides by the expected batch size, as in Opacus' ghost mode.
 
@@ -38,8 +39,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from smoothnet.privacy.accounting import noise_for_target
+from smoothnet.privacy.per_sample_method import OPACUS_MODES, PerSampleMethod  # noqa: F401 (re-exported)
 
-OPACUS_MODES = ("hooks", "functorch", "ew", "ghost")
 NOISE_SOURCES = ("seeded", "os_entropy")
 
 
@@ -100,7 +101,8 @@ def random_streams(
 
 @dataclass
 class PrivateSetup:
-    """What a DP training loop needs; ``backward(logits, targets, group_size)`` does the mode's backward."""
+    """What a DP training loop needs; ``backward(logits, targets, group_size)`` does the mode's backward
+    (with ``row_weight``, a padded batch's loss weights: the package's clipping module only)."""
 
     model: nn.Module  # the wrapped module (call it for training forward passes)
     module: nn.Module  # the plain model underneath (for evaluation and checkpoints)
@@ -110,10 +112,24 @@ class PrivateSetup:
     noise_multiplier: float
     sample_rate: float  # the q the sampler draws with (and the accountant accounts)
     expected_batch_size: float
-    method: str
-    backward: Callable[[Tensor, Tensor, int], Tensor]
+    method: str  # str(per_sample): the form run records keep
+    # backward(logits, targets, group_size, row_weight=None); row_weight: padded batches (fixed_shape.py)
+    backward: Callable[..., Tensor]
     steps_per_epoch: int = 0  # logical batches the loader yields per epoch
     noise_source: str = "seeded"  # of RandomStreams; "global" when make_private drew from torch's global RNG
+    per_sample: PerSampleMethod | None = None  # the method as a value (``method`` is its string form)
+
+    def fixed_shape_batches(self, physical: int, device: torch.device | str | None = None):
+        """The loader's Poisson batches as physical batches to pad to ``physical`` rows
+        (:class:`smoothnet.training.fixed_shape.FixedShapePoissonBatches`, the data moved to ``device``):
+        a drop-in for ``BatchMemoryManager``. Only the package's clipping module takes padded rows."""
+        if self.per_sample is None or self.per_sample.is_opacus:
+            raise ValueError(
+                f"fixed-shape batches need the package's clipping module (grad_sample_mode fast), not {self.method!r}"
+            )
+        from smoothnet.training.fixed_shape import FixedShapePoissonBatches
+
+        return FixedShapePoissonBatches.from_loader(self.loader, physical, self.optimizer, device)
 
 
 def calibrate_noise(
@@ -132,7 +148,7 @@ def make_private(
     optimizer: torch.optim.Optimizer,
     dataset: Dataset,
     *,
-    method: str,
+    method: str | PerSampleMethod,
     logical_batch_size: int,
     max_grad_norm: float,
     epochs: int,
@@ -163,19 +179,17 @@ def make_private(
         poisson_sampling=poisson_sampling,
         max_grad_norm=max_grad_norm,
     )
-    if method in OPACUS_MODES:
-        return _make_private_opacus(model, optimizer, loader, method, distributed, **calibration)
-    if method == "fast" or method.startswith("fast:"):
-        layer_method = method.partition(":")[2] or "auto"
-        return _make_private_fast(model, optimizer, loader, layer_method, distributed, **calibration)
-    raise ValueError(f"unknown per-sample gradient method {method!r}; valid: {[*OPACUS_MODES, 'fast']}")
+    per_sample = PerSampleMethod.parse(method)
+    if per_sample.is_opacus:
+        return _make_private_opacus(model, optimizer, loader, per_sample, distributed, **calibration)
+    return _make_private_fast(model, optimizer, loader, per_sample, distributed, **calibration)
 
 
 def _make_private_opacus(
     model,
     optimizer,
     loader,
-    method,
+    per_sample: PerSampleMethod,
     distributed,
     *,
     streams,
@@ -187,6 +201,7 @@ def _make_private_opacus(
     poisson_sampling,
     max_grad_norm,
 ) -> PrivateSetup:
+    method = per_sample.mode
     engine = PrivacyEngine(accountant=accountant)
     common = dict(
         module=DPDDP(model) if distributed else model,
@@ -217,7 +232,16 @@ def _make_private_opacus(
     # but not the mechanism run): account the rate the sampler draws with.
     dp_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
 
-    def backward(logits: Tensor, targets: Tensor, group_size: int) -> Tensor:
+    def backward(
+        logits: Tensor, targets: Tensor, group_size: int, row_weight: Tensor | None = None
+    ) -> Tensor:
+        if row_weight is not None:
+            # Opacus' mean reduction rescales every captured output gradient by the rows of the batch
+            # (GradSampleModule: backprops * n): padded rows would change each per-sample gradient's rounding.
+            raise ValueError(
+                f"fixed-shape (padded) batches need the package's clipping module; grad_sample_mode {method!r} "
+                "rescales per-sample gradients by the padded batch's row count; use grad_sample_mode: fast"
+            )
         if group_size != 1:
             raise ValueError(
                 "augmentation_multiplicity > 1 needs per-example clipping of the views' mean gradient, which "
@@ -236,10 +260,11 @@ def _make_private_opacus(
         noise_multiplier=dp_optimizer.noise_multiplier,
         sample_rate=sample_rate,
         expected_batch_size=dp_optimizer.expected_batch_size,
-        method=method,
+        method=str(per_sample),
         backward=backward,
         steps_per_epoch=len(dp_loader),
         noise_source=streams.source if streams is not None else "global",
+        per_sample=per_sample,
     )
 
 
@@ -252,7 +277,7 @@ def _make_private_fast(
     model,
     optimizer,
     loader,
-    layer_method,
+    per_sample: PerSampleMethod,
     distributed,
     *,
     streams,
@@ -264,7 +289,7 @@ def _make_private_fast(
     poisson_sampling,
     max_grad_norm,
 ) -> PrivateSetup:
-    from smoothnet.privacy.fast_clipping import ClippedGradientModule, parse_method
+    from smoothnet.privacy.fast_clipping import ClippedGradientModule
 
     dp_loader = DPDataLoader.from_data_loader(loader, distributed=distributed) if poisson_sampling else loader
     sample_rate = _sampled_rate(dp_loader, loader)
@@ -276,9 +301,11 @@ def _make_private_fast(
         optimizer_class = DistributedDPOptimizerFastGradientClipping
     if target_epsilon is not None:
         noise_multiplier = calibrate_noise(target_epsilon, delta, sample_rate, epochs, accountant)
-    method, conv_per_example = parse_method(layer_method)
     wrapped = ClippedGradientModule(
-        model, max_grad_norm=max_grad_norm, method=method, conv_per_example=conv_per_example
+        model,
+        max_grad_norm=max_grad_norm,
+        method=per_sample.clipping,
+        conv_per_example=per_sample.conv_per_example,
     )
     dp_optimizer = optimizer_class(
         optimizer,
@@ -292,10 +319,17 @@ def _make_private_fast(
     privacy_accountant = create_accountant(accountant)
     dp_optimizer.attach_step_hook(privacy_accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
 
-    def backward(logits: Tensor, targets: Tensor, group_size: int) -> Tensor:
+    def backward(
+        logits: Tensor, targets: Tensor, group_size: int, row_weight: Tensor | None = None
+    ) -> Tensor:
         per_sample = F.cross_entropy(logits, targets, reduction="none")
-        wrapped.clipped_backward(per_sample, group_size=group_size)
-        return per_sample.detach().mean()
+        if row_weight is None:
+            wrapped.clipped_backward(per_sample, group_size=group_size)
+            return per_sample.detach().mean()
+        # Padding rows (weight exactly 0) get an exactly zero gradient: they add nothing to the clipped sum.
+        weight = row_weight.to(per_sample.dtype)
+        wrapped.clipped_backward(per_sample * weight, group_size=group_size)
+        return (per_sample.detach() * weight).sum() / weight.sum().clamp(min=1)
 
     return PrivateSetup(
         model=wrapped,
@@ -306,8 +340,9 @@ def _make_private_fast(
         noise_multiplier=noise_multiplier,
         sample_rate=sample_rate,
         expected_batch_size=expected_batch_size,
-        method=f"fast:{layer_method}",
+        method=str(per_sample),
         backward=backward,
         steps_per_epoch=len(dp_loader),
         noise_source=streams.source if streams is not None else "global",
+        per_sample=per_sample,
     )

@@ -9,8 +9,26 @@ from pathlib import Path
 import torch
 
 
+def cpu_model() -> str | None:
+    """The processor's model name as the kernel reports it (None where it does not)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def library_versions() -> dict[str, object]:
-    """Python, torch, opacus, CUDA and cuDNN versions (None where absent)."""
+    """Python, torch, opacus, CUDA and cuDNN versions (None where absent), the CPU and the instruction set
+    torch's CPU kernels dispatch to.
+
+    The last two are recorded because they decide how a CPU run's sums round: the same run, seed and
+    method reproduce to the last digit on one machine, while another processor (AVX2 rather than AVX-512
+    kernels) or thread count gives a trajectory that differs by a few tenths of a point after some
+    hundred noisy steps.
+    """
     import opacus
 
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
@@ -20,6 +38,8 @@ def library_versions() -> dict[str, object]:
         "opacus": opacus.__version__,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "cudnn": cudnn if torch.cuda.is_available() else None,
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 

@@ -7,52 +7,75 @@ by epoch, then write the record. Deterministic on CPU for a given seed.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import copy
+import ctypes
 import os
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.validators import ModuleValidator
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from smoothnet.closure import REPO_ROOT, import_closure
 from smoothnet.models import build_model, count_parameters
-from smoothnet.privacy.accounting import compute_epsilon, noise_for_target, opacus_sample_rate
-from smoothnet.privacy.dp_statistics import StatisticsRelease, composed_privacy_record, fit_statistics
+from smoothnet.privacy.accounting import noise_for_target, opacus_sample_rate
+from smoothnet.privacy.dp_statistics import StatisticsRelease, find_standardize, fit_statistics
 from smoothnet.privacy.method_select import MethodChoice
-from smoothnet.records import SCHEMA_VERSION, write_record
+from smoothnet.records import (
+    DatasetSection,
+    ModelSection,
+    PerformanceSection,
+    PrivacySection,
+    ResultsSection,
+    RunRecord,
+    TrainingSection,
+    write_record,
+)
 from smoothnet.training.batches import augmentation_views, normalize
 from smoothnet.training.checkpoint import (
+    CHECKPOINT_NAME,
     CheckpointUnreadable,
+    RunState,
+    checkpoint_state,
+    config_fingerprint,
     load_checkpoint,
     remove_orphaned_temporaries,
-    rng_state,
+    restore,
     save_checkpoint,
     set_aside_checkpoint,
-    set_rng_state,
+    stale_reason,
 )
 from smoothnet.training.config import ConfigError, TrainConfig
 from smoothnet.training.distributed import DistributedContext, init_distributed, rank_device, sampling_seed
-from smoothnet.training.dp import OPACUS_MODES, PrivateSetup, RandomStreams, make_private, random_streams
+from smoothnet.training.dp import PerSampleMethod, RandomStreams, make_private, random_streams
 from smoothnet.training.environment import device_name, git_state, library_versions
 from smoothnet.training.progress import batch_progress, format_duration
 from smoothnet.training.runlock import hold_run_lock
 from smoothnet.training.schedules import Schedule
+from smoothnet.training.setups import NonPrivateTraining, PrivateTraining
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TimeLimitReached(RuntimeError):
+    """The run stopped at an epoch boundary because its time limit would be passed; its checkpoint holds
+    everything to resume (the same command continues it to the same record)."""
+
+    def __init__(self, run_id: str, epoch: int, epochs: int, checkpoint: Path) -> None:
+        super().__init__(
+            f"run {run_id!r}: stopped at the time limit after epoch {epoch} of {epochs}; the checkpoint "
+            f"{checkpoint} is kept: run the same command to resume"
+        )
+        self.epoch, self.epochs, self.checkpoint = epoch, epochs, checkpoint
 
 
 @dataclass
@@ -76,53 +99,6 @@ class EvalSet:
     inputs: Tensor
     labels: Tensor
     normalised: bool  # True when inputs are already model-ready (features)
-
-
-@dataclass
-class RunState:
-    """Everything the loop mutates; what a checkpoint stores besides module/optimizer states."""
-
-    epoch: int = 0  # epochs completed
-    steps: int = 0  # optimizer steps taken (logical batches)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    train_seconds: float = 0.0
-    examples_seen: int = 0
-
-
-# What determines training: the trainer's import closure (smoothnet.closure), not the whole package, so a
-# fix to a report caption or a help string does not make a half-trained run start over.
-TRAINING_CODE = "smoothnet.training.trainer"
-CODE_ROOT = REPO_ROOT  # tests point it at a copy of the package
-
-
-def code_digests() -> dict[str, str]:
-    """SHA-256 of each file of the training code (the import closure of the trainer), by repo path."""
-    return {
-        path: hashlib.sha256((CODE_ROOT / path).read_bytes()).hexdigest()
-        for path in import_closure(TRAINING_CODE, root=CODE_ROOT)
-    }
-
-
-def config_fingerprint(config: TrainConfig, code: dict[str, str] | None = None) -> str:
-    """Hash of the run's configuration and of the training code (:func:`code_digests`): a checkpoint only
-    resumes the run, and the code version, that wrote it (a fixed bug must not be resumed past)."""
-    digest = hashlib.sha256(json.dumps(config.to_params(), sort_keys=True).encode())
-    for path, file_digest in sorted((code_digests() if code is None else code).items()):
-        digest.update(f"{path}\0{file_digest}\0".encode())
-    return digest.hexdigest()
-
-
-def _stale_reason(checkpoint: dict[str, Any], config: TrainConfig) -> str:
-    """Why a checkpoint cannot be resumed: the training files that changed, else the parameters."""
-    old = checkpoint.get("code_digests")
-    if not isinstance(old, dict):
-        return "it predates the current checkpoint format"
-    now = code_digests()
-    changed = sorted(path for path in set(old) | set(now) if old.get(path) != now.get(path))
-    if changed:
-        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-        return f"the training code changed since it was written ({shown})"
-    return "the run's parameters changed since it was written"
 
 
 def train(config: TrainConfig, paths: RunPaths, **options: Any) -> dict[str, Any]:
@@ -170,6 +146,8 @@ def _train(
     device: torch.device | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[int], None] | None = None,
+    time_limit_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """The body of :func:`train` (called with the run's lock held).
 
@@ -183,9 +161,14 @@ def _train(
         device: defaults to CUDA when available.
         progress: show progress (a bar per epoch on a terminal, plain lines in a log) and a line per epoch.
         on_epoch_end: called with the completed epoch number after its checkpoint is written.
+        time_limit_s: stop with :class:`TimeLimitReached` after the epoch whose checkpoint is the last that
+            fits: once the time since the call started, plus the longest epoch of this session, would pass
+            the limit. A run option, not a training parameter: no part of the record or fingerprint.
+        clock: seconds, for the time limit (tests pass a fake one).
     """
     from smoothnet.data import load_prepared
 
+    called_at = clock()
     context = DistributedContext.from_env()
     device = rank_device(context, device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     init_distributed(context, device)
@@ -215,19 +198,20 @@ def _train(
         if context.is_main:
             stale = set_aside_checkpoint(paths.checkpoint_dir)
             print(
-                f"[{config.run_id}] not resuming the checkpoint: {_stale_reason(checkpoint, config)}; "
+                f"[{config.run_id}] not resuming the checkpoint: {stale_reason(checkpoint)}; "
                 f"starting over (old one kept as {stale})"
             )
         checkpoint = None
     if checkpoint is not None:
-        state = _restore(checkpoint, config, run, context)
+        state = restore(checkpoint, config, run, context)
         if progress and context.is_main:
             print(f"[{config.run_id}] resuming after epoch {state.epoch} of {config.epochs}")
     live = _open_live(paths.run_dir, state.history) if context.is_main else None
 
     session_start, session_first_epoch = time.perf_counter(), state.epoch
+    longest_epoch = 0.0
     while state.epoch < config.epochs:
-        started = time.perf_counter()
+        started, epoch_began = time.perf_counter(), clock()
         if hasattr(run.train_loader.sampler, "set_epoch"):
             run.train_loader.sampler.set_epoch(state.epoch)
         epoch_lr = run.optimizer.param_groups[0]["lr"]
@@ -236,21 +220,16 @@ def _train(
             config, run, state, device, progress and context.is_main
         )
         state.train_seconds += time.perf_counter() - started
-        # A DP run's sampled count is a raw statistic of the private data (it moves with one example):
-        # its throughput is computed from public values, the steps taken times the expected batch size.
-        steps_taken = state.steps - steps_before
-        state.examples_seen += (
-            round(steps_taken * run.setup.sample_rate * run.n_train)
-            if run.setup is not None
-            else examples * context.world_size
+        state.examples_seen += run.training.released_examples(
+            state.steps - steps_before, run.n_train, examples, context.world_size
         )
         run.scheduler.after_epoch()
         state.epoch += 1
         metrics = _evaluate_epoch(config, run, state, train_loss, train_accuracy, epoch_lr)
         state.history.append(metrics)
-        checkpoint_state = _checkpoint_state(config, run, state, context)
+        saved = checkpoint_state(config, run, state, context)
         if context.is_main:
-            save_checkpoint(paths.checkpoint_dir, checkpoint_state)  # first: a full disk must not lose it
+            save_checkpoint(paths.checkpoint_dir, saved)  # first: a full disk must not lose it
             _log_live(live, metrics)
             if progress:
                 elapsed = time.perf_counter() - session_start
@@ -260,15 +239,37 @@ def _train(
         _barrier(context)
         if on_epoch_end is not None:
             on_epoch_end(state.epoch)
-    record = build_record(config, run, state, data, device, paths, resolved_params, profile)
-    record["environment"].update(git_revision=revision, git_dirty=dirty)
-    record["stage"] = stage or record["stage"]
-    record["training"]["world_size"] = context.world_size
+        longest_epoch = max(longest_epoch, clock() - epoch_began)
+        if state.epoch < config.epochs and _out_of_time(
+            clock() - called_at, longest_epoch, time_limit_s, context
+        ):
+            raise TimeLimitReached(
+                config.run_id, state.epoch, config.epochs, paths.checkpoint_dir / CHECKPOINT_NAME
+            )
+    typed = build_record(config, run, state, data, device, paths, resolved_params, profile)
+    typed.environment.update(git_revision=revision, git_dirty=dirty)
+    typed.stage = stage or typed.stage
+    typed.training.world_size = context.world_size
+    record = typed.to_dict()
     if context.is_main:
         live.end()
         write_record(paths.record_path, record)
     _barrier(context)
     return record
+
+
+def _out_of_time(
+    elapsed: float, longest_epoch: float, limit: float | None, context: DistributedContext
+) -> bool:
+    """Whether another epoch would pass the limit; rank 0 decides for all ranks (their clocks differ)."""
+    if limit is None:
+        return False
+    stop = elapsed + longest_epoch > limit
+    if context.enabled:
+        decision = [stop]
+        torch.distributed.broadcast_object_list(decision, src=0)
+        stop = decision[0]
+    return stop
 
 
 def _barrier(context: DistributedContext) -> None:
@@ -284,23 +285,26 @@ class PreparedRun:
     """The model, optimizer and data of one run, ready to train."""
 
     module: nn.Module  # plain trainable module (model, or its head for fixed-feature models)
-    train_forward: nn.Module  # what training calls: the module, or its DP / DDP wrapper
     full_model: nn.Module
     ema: AveragedModel | None
-    setup: PrivateSetup | None
-    optimizer: torch.optim.Optimizer
+    training: PrivateTraining | NonPrivateTraining  # how a step is taken (loader, optimizer, forward)
     scheduler: Schedule
-    train_loader: DataLoader
     eval_sets: dict[str, EvalSet]
     mean: Tensor
     std: Tensor
     features_precomputed: bool
     n_train: int
-    method: str | None
     channels_last: bool = False
     streams: RandomStreams | None = None  # a DP run's private randomness (never recorded)
-    statistics: StatisticsRelease | None = None  # private feature statistics released before training
-    method_choice: MethodChoice | None = None  # how ``method`` was chosen (autotune timings), in the record
+    method_choice: MethodChoice | None = None  # how the per-sample method was chosen, in the record
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.training.optimizer
+
+    @property
+    def train_loader(self) -> DataLoader:
+        return self.training.loader
 
 
 def prepare_run(
@@ -331,7 +335,9 @@ def prepare_run(
         from smoothnet.privacy.method_select import choose_channels_last
 
         # Only with our clipping module: Opacus' per-sample gradients are wrong for channels-last models.
-        uses_opacus_mode = config.private and resolve_method(config, device, image_size) in OPACUS_MODES
+        uses_opacus_mode = (
+            config.private and PerSampleMethod.parse(resolve_method(config, device, image_size)).is_opacus
+        )
         channels_last = (
             choose_channels_last(config.model, device.type, image_size, _needs_our_module(config))
             and not uses_opacus_mode
@@ -346,6 +352,28 @@ def prepare_run(
         )
     frontend = getattr(model, "frozen_frontend", None)
     features_precomputed = frontend is not None
+    module = model.head if features_precomputed else model
+    if features_precomputed and config.augmentation_multiplicity:
+        raise ConfigError(
+            f"run {config.run_id!r}: augmentation needs images; model {config.model!r} "
+            "trains on fixed features (set augmentation_multiplicity: 0)"
+        )
+    method_choice = None
+    if config.private:
+        # Timed before the features exist: the candidates' per-example gradients would otherwise peak on
+        # top of them (the ScatterNet features of CIFAR-10 are 3.7 GB). Timing never touches the module.
+        example = _features(frontend, train_x[:1], mean, std, device) if features_precomputed else train_x[:1]
+        method_choice = choose_method_for_run(
+            config,
+            device,
+            image_size,
+            _timing_copy(module),
+            tuple(example.shape[1:]),
+            channels_last,
+            context,
+            saved_choice,
+        )
+        release_free_memory()
     eval_sets: dict[str, EvalSet] = {}
     # Trained-on validation images are no validation set: evaluate on test only (never tune on it).
     for split in ("test",) if config.train_on_validation else ("val", "test"):
@@ -357,13 +385,9 @@ def prepare_run(
         else:
             eval_sets[split] = EvalSet(x.to(device), y.to(device), False)
     if features_precomputed:
-        if config.augmentation_multiplicity:
-            raise ConfigError(
-                f"run {config.run_id!r}: augmentation needs images; model {config.model!r} "
-                "trains on fixed features (set augmentation_multiplicity: 0)"
-            )
         train_dataset = TensorDataset(_features(frontend, train_x, mean, std, device).cpu(), train_y)
-        module = model.head
+        del train_x
+        data.release_images()  # only the features are trained and evaluated on from here
         statistics = fit_statistics(
             module,
             train_dataset.tensors[0],
@@ -372,7 +396,6 @@ def prepare_run(
         )
     else:
         train_dataset = TensorDataset(train_x, train_y)
-        module = model
         statistics = None
 
     ema = None
@@ -382,13 +405,7 @@ def prepare_run(
     optimizer = torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    setup = None
-    method = None
-    method_choice = None
     if config.private:
-        method_choice = choose_method_for_run(
-            config, device, image_size, module, train_dataset, channels_last, context, saved_choice
-        )
         method = method_choice.method
         _check_private_setup(config, method, channels_last, context, len(train_y))
         setup = make_private(
@@ -406,36 +423,30 @@ def prepare_run(
             distributed=context.enabled,
             streams=streams,
         )
-        optimizer, train_loader, train_forward = setup.optimizer, setup.loader, setup.model
+        training = PrivateTraining(setup, statistics)
     elif context.enabled:
         sampler = DistributedSampler(train_dataset, shuffle=True, seed=config.seed)
         train_loader = DataLoader(
             train_dataset, batch_size=config.logical_batch_size // context.world_size, sampler=sampler
         )
-        train_forward = DistributedDataParallel(module)
+        training = NonPrivateTraining(DistributedDataParallel(module), module, optimizer, train_loader)
     else:
         train_loader = DataLoader(train_dataset, batch_size=config.logical_batch_size, shuffle=True)
-        train_forward = module
-    scheduler = Schedule(config, optimizer, steps_per_epoch=len(train_loader))
+        training = NonPrivateTraining(module, module, optimizer, train_loader)
     return PreparedRun(
-        module,
-        train_forward,
-        model,
-        ema,
-        setup,
-        optimizer,
-        scheduler,
-        train_loader,
-        eval_sets,
-        mean,
-        std,
-        features_precomputed,
-        len(train_y),
-        method,
-        channels_last,
-        streams,
-        statistics,
-        method_choice,
+        module=module,
+        full_model=model,
+        ema=ema,
+        training=training,
+        scheduler=Schedule(config, training.optimizer, steps_per_epoch=len(training.loader)),
+        eval_sets=eval_sets,
+        mean=mean,
+        std=std,
+        features_precomputed=features_precomputed,
+        n_train=len(train_y),
+        channels_last=channels_last,
+        streams=streams,
+        method_choice=method_choice,
     )
 
 
@@ -466,12 +477,13 @@ def _check_private_setup(
 ) -> None:
     """Refuse DP set-ups whose guarantee or correctness the package cannot vouch for, before training."""
     where = f"run {config.run_id!r}"
-    if channels_last and method in OPACUS_MODES:
+    opacus_mode = PerSampleMethod.parse(method).is_opacus
+    if channels_last and opacus_mode:
         raise ConfigError(
             f"{where}: channels_last with per-sample method {method!r}: Opacus 1.6.0 computes wrong per-sample "
             "gradients for channels-last models; set channels_last: false or grad_sample_mode: fast"
         )
-    if config.autocast_bf16 and method in OPACUS_MODES:
+    if config.autocast_bf16 and opacus_mode:
         raise ConfigError(
             f"{where}: autocast_bf16 with per-sample method {method!r}: only the package's clipping module is "
             "checked under bf16 autocast; set grad_sample_mode: fast or autocast_bf16: false"
@@ -508,11 +520,12 @@ def resolve_method(config: TrainConfig, device: torch.device, image_size: int | 
 
     mode = config.grad_sample_mode
     if mode == "auto":
-        mode = choose_method(config.model, device.type, image_size, _needs_our_module(config))
-        if mode in OPACUS_MODES:
-            return mode
-        return f"fast:{mode}"
-    return "fast:auto" if mode == "fast" else mode
+        return str(
+            PerSampleMethod.from_table(
+                choose_method(config.model, device.type, image_size, _needs_our_module(config))
+            )
+        )
+    return str(PerSampleMethod.parse(mode))
 
 
 def choose_method_for_run(
@@ -520,7 +533,7 @@ def choose_method_for_run(
     device: torch.device,
     image_size: int | None,
     module: nn.Module,
-    train_dataset: TensorDataset,
+    example_shape: tuple[int, ...],
     channels_last: bool,
     context: DistributedContext,
     saved_choice: MethodChoice | None = None,
@@ -539,10 +552,31 @@ def choose_method_for_run(
         return saved_choice
     k = max(config.augmentation_multiplicity, 1)
     methods = method_select.candidates(device.type, _needs_our_module(config), channels_last)
-    example_shape = tuple(train_dataset.tensors[0].shape[1:])
     return method_select.autotune(
         module, example_shape, config.physical_batch_size * k, device, methods, config.max_grad_norm
     )
+
+
+def _timing_copy(module: nn.Module) -> nn.Module:
+    """``module`` itself, or where it standardises with statistics not yet fitted a copy of it with
+    placeholder ones (mean 0, variance 1): what the timing of a per-sample method needs, the run never
+    sees."""
+    layer = find_standardize(module)
+    if layer is None or bool(layer.ready):
+        return module
+    probe = copy.deepcopy(module)
+    standardize = find_standardize(probe)
+    standardize.set_statistics(torch.zeros_like(standardize.mean), torch.ones_like(standardize.var))
+    return probe
+
+
+def release_free_memory() -> None:
+    """Hand the pages the C allocator keeps after frees back to the OS (glibc's ``malloc_trim``), so one
+    phase's transients do not stay resident under the next phase's peak; a no-op without glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @torch.no_grad()
@@ -588,33 +622,22 @@ def _train_one_epoch(
     run.module.train()
     k = max(config.augmentation_multiplicity, 1)
     total_loss, correct, seen = 0.0, 0.0, 0
-    with _physical_batches(config, run) as batches:
+    with run.training.physical_batches(config.physical_batch_size) as batches:
         bar = batch_progress(
             batches, desc=f"[{config.run_id}] epoch {state.epoch + 1}/{config.epochs}", enabled=progress
         )
         for x, y in bar:
             if len(y) == 0:
-                _noise_only_step(run)  # an empty Poisson batch still releases a noisy update
+                run.training.empty_step()  # an empty Poisson batch still releases a noisy update
                 state.steps += 1
                 run.scheduler.after_step()
                 continue
             inputs = _model_inputs(config, run, x, device)
             targets = y.to(device).repeat_interleave(k) if k > 1 else y.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.autocast_bf16):
-                logits = run.train_forward(inputs)
+                logits = run.training.model(inputs)
             logits = logits.float()  # loss, clipping, noise and the update in fp32
-            if run.setup is not None:
-                loss = run.setup.backward(logits, targets, k)
-                run.optimizer.step()
-                took_step = not run.optimizer._is_last_step_skipped
-                run.optimizer.zero_grad(set_to_none=True)
-            else:
-                loss = F.cross_entropy(logits, targets)
-                (loss * len(y) / batches.logical_size).backward()
-                took_step = batches.last_chunk
-                if took_step:
-                    run.optimizer.step()
-                    run.optimizer.zero_grad(set_to_none=True)
+            loss, took_step = run.training.step(logits, targets, len(y), k, batches)
             _check_finite(config, run, state, loss, took_step)
             if took_step:
                 state.steps += 1
@@ -624,80 +647,23 @@ def _train_one_epoch(
             total_loss += loss.item() * len(y)
             correct += (logits.argmax(1) == targets).float().view(-1, k).mean(1).sum().item()
             seen += len(y)
-            if run.setup is None:  # a DP run's raw training loss is not private: not even on the console
-                bar.set_postfix(loss=f"{total_loss / max(seen, 1):.3f}")
+            postfix = run.training.progress_postfix(total_loss / max(seen, 1))
+            if postfix:  # none for a DP run
+                bar.set_postfix(**postfix)
     return total_loss / max(seen, 1), correct / max(seen, 1), seen
 
 
 def _check_finite(
     config: TrainConfig, run: PreparedRun, state: RunState, loss: Tensor, took_step: bool
 ) -> None:
-    """Stop a diverged run, keeping the last good checkpoint.
-
-    A DP run decides from the parameters after a noisy step only (post-processing of the private
-    release): its raw loss is a statistic of the private batch, and one example with an infinite loss
-    (whose clipped contribution is zero anyway) must not decide whether the run stops."""
-    if run.setup is not None:
-        if not took_step or all(bool(torch.isfinite(p).all()) for p in run.module.parameters()):
-            return
-        what = "a parameter became non-finite"
-    elif torch.isfinite(loss):
+    """Stop a diverged run, keeping the last good checkpoint (what counts: ``run.training.divergence``)."""
+    what = run.training.divergence(loss, took_step)
+    if what is None:
         return
-    else:
-        what = f"loss became {loss.item()}"
     raise TrainingDiverged(
         f"run {config.run_id!r}: {what} in epoch {state.epoch + 1}; the last good checkpoint (previous "
         "epoch) is kept. Lower lr or max_grad_norm."
     )
-
-
-def _noise_only_step(run: PreparedRun) -> None:
-    """Take the DP step of an empty logical batch: zero clipped sum plus noise (never skip it: whether a
-    Poisson batch is empty depends on the data, so a skipped step would leak)."""
-    if run.setup is None:
-        return
-    for p in run.optimizer.params:
-        if run.setup.method.startswith("fast") or run.setup.method == "ghost":
-            p.grad = torch.zeros_like(p)
-        else:
-            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
-
-
-class _NonPrivateBatches:
-    """Splits shuffled logical batches into physical ones (gradient accumulation), like BatchMemoryManager."""
-
-    def __init__(self, loader: DataLoader, physical: int) -> None:
-        self.loader, self.physical = loader, physical
-        self.last_chunk, self.logical_size = True, 1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def __iter__(self):
-        for x, y in self.loader:
-            chunks = list(zip(x.split(self.physical), y.split(self.physical), strict=True))
-            self.logical_size = len(y)
-            for i, (cx, cy) in enumerate(chunks):
-                self.last_chunk = i == len(chunks) - 1
-                yield cx, cy
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-
-def _physical_batches(config: TrainConfig, run: PreparedRun):
-    if run.setup is not None:
-        return BatchMemoryManager(
-            data_loader=run.train_loader,
-            max_physical_batch_size=config.physical_batch_size,
-            optimizer=run.optimizer,
-        )
-    return _NonPrivateBatches(run.train_loader, config.physical_batch_size)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -726,90 +692,14 @@ def _evaluate_epoch(
     epoch_lr: float,
 ) -> dict[str, Any]:
     metrics: dict[str, Any] = {"epoch": state.epoch, "steps": state.steps}
-    if not config.private:
-        # Raw means over private examples (no clipping, no noise): a DP run keeps them out of its record
-        # and DVCLive, which are released; only held-out metrics are.
-        metrics.update(train_loss=train_loss, train_accuracy=train_accuracy)
+    metrics.update(run.training.released_train_metrics(train_loss, train_accuracy))
     metrics["lr"] = epoch_lr  # the rate this epoch trained with (the scheduler has already stepped)
     for split, eval_set in run.eval_sets.items():
         metrics[f"{split}_accuracy"] = accuracy(run.module, eval_set, run.mean, run.std)
         if run.ema is not None:
             metrics[f"{split}_accuracy_ema"] = accuracy(run.ema.module, eval_set, run.mean, run.std)
-    metrics["epsilon"] = _spent_epsilon(config, run)
+    metrics["epsilon"] = run.training.epsilon(config)
     return metrics
-
-
-def _spent_epsilon(config: TrainConfig, run: PreparedRun) -> float | None:
-    """Epsilon spent so far: DP-SGD's, composed with the feature statistics' releases where there are any."""
-    if run.setup is None:
-        return None
-    if run.statistics is not None:
-        history = [*run.statistics.history, *run.setup.accountant.history]
-        return compute_epsilon(delta=config.delta, accountant=config.accountant, history=history)
-    if not run.setup.accountant.history:
-        return 0.0
-    return float(run.setup.accountant.get_epsilon(delta=config.delta))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _checkpoint_state(
-    config: TrainConfig, run: PreparedRun, state: RunState, context: DistributedContext
-) -> dict[str, Any]:
-    """What a resumed run needs; under torchrun every rank's RNG state is gathered (a collective call)."""
-    optimizer = getattr(run.optimizer, "original_optimizer", run.optimizer)
-    own = rng_state()
-    if run.streams is not None and run.streams.source == "seeded":
-        # An os_entropy generator's state begins with its secret seed: stored, it would let anyone holding
-        # the checkpoint (the file a trained model is released from) regenerate every noise draw. A resumed
-        # secure run draws fresh OS entropy instead, which is the mechanism that was accounted.
-        own["streams"] = run.streams.state()
-    rng_by_rank = [own]
-    if context.enabled:
-        rng_by_rank = [None] * context.world_size
-        torch.distributed.all_gather_object(rng_by_rank, own)
-    return {
-        "config_fingerprint": config_fingerprint(config),
-        "code_digests": code_digests(),
-        "module": run.module.state_dict(),
-        "full_model": run.full_model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "ema": run.ema.state_dict() if run.ema is not None else None,
-        "accountant": run.setup.accountant.state_dict() if run.setup is not None else None,
-        "noise_multiplier": run.setup.noise_multiplier if run.setup is not None else None,
-        "state": state.__dict__,
-        "rng_by_rank": rng_by_rank,
-    }
-
-
-def _restore(
-    checkpoint: dict[str, Any], config: TrainConfig, run: PreparedRun, context: DistributedContext
-) -> RunState:
-    if checkpoint["config_fingerprint"] != config_fingerprint(config):
-        raise ConfigError(
-            f"run {config.run_id!r}: the checkpoint was written by a different configuration; delete the "
-            "checkpoint folder to start over, or restore the parameters it was written with"
-        )
-    run.full_model.load_state_dict(checkpoint["full_model"])
-    getattr(run.optimizer, "original_optimizer", run.optimizer).load_state_dict(checkpoint["optimizer"])
-    run.scheduler.load_state_dict(checkpoint["scheduler"])
-    if run.ema is not None:
-        run.ema.load_state_dict(checkpoint["ema"])
-    if run.setup is not None:
-        if checkpoint["noise_multiplier"] != run.setup.noise_multiplier:
-            raise ConfigError(f"run {config.run_id!r}: checkpoint noise multiplier differs from this run's")
-        run.setup.accountant.load_state_dict(checkpoint["accountant"])
-    if len(checkpoint["rng_by_rank"]) != context.world_size:
-        raise ConfigError(
-            f"run {config.run_id!r}: the checkpoint was written by {len(checkpoint['rng_by_rank'])} process(es); "
-            f"resume it with the same number of processes (now {context.world_size})"
-        )
-    set_rng_state(checkpoint["rng_by_rank"][context.rank])
-    if run.streams is not None and run.streams.source == "seeded":
-        run.streams.load_state(checkpoint["rng_by_rank"][context.rank]["streams"])
-    return RunState(**checkpoint["state"])
 
 
 # ----------------------------------------------------------------------------- logging
@@ -861,122 +751,84 @@ def build_record(
     paths: RunPaths,
     resolved_params: dict[str, Any] | None,
     profile: str,
-) -> dict[str, Any]:
+) -> RunRecord:
     """The run record (schema: smoothnet.records.REQUIRED_FIELDS)."""
-    history = state.history
-    best = _best_epoch(history)
-    planned_steps = config.epochs * len(run.train_loader)
-    privacy: dict[str, Any] = {
-        "private": config.private,
-        "target_epsilon": config.target_epsilon if config.private else None,
-        "delta": config.delta if config.private else None,
+    private = config.private
+    privacy = {
+        "private": private,
+        "target_epsilon": config.target_epsilon if private else None,
+        "delta": config.delta if private else None,
         "noise_multiplier": None,
-        "max_grad_norm": config.max_grad_norm if config.private else None,
+        "max_grad_norm": config.max_grad_norm if private else None,
         "sample_rate": None,
         "steps": state.steps,
-        "planned_steps": planned_steps,
-        "sampling": "poisson" if (config.private and config.poisson_sampling) else "shuffle",
-        "accountant": config.accountant if config.private else None,
+        "planned_steps": config.epochs * len(run.train_loader),
+        "sampling": "poisson" if (private and config.poisson_sampling) else "shuffle",
+        "accountant": config.accountant if private else None,
         "epsilon": None,
         "epsilon_by_accountant": {},
-        "grad_sample_mode": run.method,
+        "grad_sample_mode": run.training.method,
         "method_choice": run.method_choice.to_record() if run.method_choice is not None else None,
         "expected_batch_size": None,
         "accountant_history": [],
-        "steps_per_epoch": len(run.train_loader),  # what the loader yielded (Opacus: int(1/q) batches)
-        "noise_source": None,  # seeded (reproducible, not for release) or os_entropy
+        "steps_per_epoch": len(run.train_loader),
+        "noise_source": None,
+        **run.training.privacy_fields(config),
     }
-    if run.setup is not None:
-        setup = run.setup
-        privacy.update(
-            noise_multiplier=float(setup.noise_multiplier),
-            sample_rate=float(setup.sample_rate),
-            expected_batch_size=setup.expected_batch_size,
-            noise_source=setup.noise_source,
-            epsilon=_spent_epsilon(config, run),
-            accountant_history=[list(map(float, h[:2])) + [int(h[2])] for h in setup.accountant.history],
-        )
-        prior = run.statistics.history if run.statistics is not None else []
-        privacy["epsilon_by_accountant"] = {
-            name: compute_epsilon(
-                delta=config.delta, accountant=name, history=[*prior, *privacy["accountant_history"]]
-            )
-            for name in ("rdp", "prv")
-        }
-        if run.statistics is not None:
-            privacy.update(composed_privacy_record(run.statistics, privacy, config))
     revision, dirty = git_state(paths.repo_root)
     peak = (
         torch.cuda.max_memory_allocated(device)
         if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     )
-    final = history[-1] if history else {}
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": config.run_id,
-        "profile": profile,
-        "stage": f"train@{config.run_id}",
-        "params": resolved_params if resolved_params is not None else config.to_params(),
-        "model": {
-            "name": config.model,
-            "options": dict(config.model_options),
-            "num_parameters": count_parameters(run.full_model),
-            "has_batchnorm": any(
+    return RunRecord(
+        run_id=config.run_id,
+        profile=profile,
+        stage=f"train@{config.run_id}",
+        params=resolved_params if resolved_params is not None else config.to_params(),
+        model=ModelSection(
+            name=config.model,
+            options=dict(config.model_options),
+            num_parameters=count_parameters(run.full_model),
+            has_batchnorm=any(
                 isinstance(m, nn.modules.batchnorm._BatchNorm) for m in run.full_model.modules()
             ),
-        },
-        "dataset": {
-            "name": config.dataset,
-            "fingerprint": dict(data.manifest.get("fingerprint", {})),
-            "manifest_sha256": data.manifest_sha256,
-            "n_train": run.n_train,
-            "n_val": 0 if config.train_on_validation else len(data.split("val")[1]),
-            "n_test": len(data.split("test")[1]),
-        },
-        "privacy": privacy,
-        "training": {
-            "epochs": config.epochs,
-            "epochs_completed": state.epoch,
-            "logical_batch_size": config.logical_batch_size,
-            "physical_batch_size": config.physical_batch_size,
-            "seed": config.seed,
-            "optimizer": config.optimizer,
-            "lr": config.lr,
-            "momentum": config.momentum,
-            "weight_decay": config.weight_decay,
-            "lr_schedule": config.lr_schedule,
-            "lr_schedule_detail": run.scheduler.describe(),
-            "augmentation_multiplicity": config.augmentation_multiplicity,
-            "ema_decay": config.ema_decay,
-            "train_on_validation": config.train_on_validation,
-            "channels_last": run.channels_last,
-            "autocast_bf16": config.autocast_bf16,
-        },
-        "results": {
-            "best_epoch": best.get("epoch"),
-            "best_val_accuracy": best.get("val_accuracy"),
-            "final_val_accuracy": final.get("val_accuracy"),
-            "test_accuracy_at_best_val": best.get("test_accuracy"),
-            "final_test_accuracy": final.get("test_accuracy"),
-            "final_test_accuracy_ema": final.get("test_accuracy_ema"),
-            "history": history,
-        },
-        "performance": {
-            "wall_time_s": round(state.train_seconds, 3),
-            "images_per_second": round(state.examples_seen / state.train_seconds, 3)
+        ),
+        dataset=DatasetSection(
+            name=config.dataset,
+            fingerprint=dict(data.manifest.get("fingerprint", {})),
+            manifest_sha256=data.manifest_sha256,
+            n_train=run.n_train,
+            n_val=0 if config.train_on_validation else data.count("val"),
+            n_test=data.count("test"),
+        ),
+        privacy=PrivacySection(**privacy),
+        training=TrainingSection(
+            epochs=config.epochs,
+            epochs_completed=state.epoch,
+            logical_batch_size=config.logical_batch_size,
+            physical_batch_size=config.physical_batch_size,
+            seed=config.seed,
+            optimizer=config.optimizer,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            lr_schedule=config.lr_schedule,
+            lr_schedule_detail=run.scheduler.describe(),
+            augmentation_multiplicity=config.augmentation_multiplicity,
+            ema_decay=config.ema_decay,
+            train_on_validation=config.train_on_validation,
+            channels_last=run.channels_last,
+            autocast_bf16=config.autocast_bf16,
+        ),
+        results=ResultsSection.from_history(state.history),
+        performance=PerformanceSection(
+            wall_time_s=round(state.train_seconds, 3),
+            images_per_second=round(state.examples_seen / state.train_seconds, 3)
             if state.train_seconds
             else 0.0,
-            "peak_memory_bytes": int(peak),
-            "device": device_name(device),
-        },
-        "environment": {**library_versions(), "git_revision": revision, "git_dirty": dirty},
-    }
-
-
-def _best_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The epoch with the best validation accuracy (first on ties); the last epoch without validation."""
-    scored = [h for h in history if h.get("val_accuracy") is not None]
-    if not scored:
-        return history[-1] if history else {}
-    return max(scored, key=lambda h: (h["val_accuracy"], -h["epoch"]))
+            peak_memory_bytes=int(peak),
+            device=device_name(device),
+        ),
+        environment={**library_versions(), "git_revision": revision, "git_dirty": dirty},
+    )

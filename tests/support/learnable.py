@@ -39,3 +39,13 @@ def prepare_learnable(tmp: Path, **kwargs) -> Path:
     out = tmp / "prepared" / "cifar10"
     prepare_dataset("cifar10", str(mirror), out, val_fraction=0.2, split_seed=0, progress=False, workers=1)
     return out
+
+
+def small_dp_run(run_id: str, **overrides) -> dict:
+    """Params of a DP run on the learnable data that trains in seconds: SmoothNet W5D10, eps 8, batch 64."""
+    base = dict(
+        run_id=run_id, dataset="cifar10", model="smoothnet", model_options={"width": 0.5, "depth": 1.0},
+        target_epsilon=8.0, delta=1e-3, epochs=1, logical_batch_size=64, physical_batch_size=32,
+        lr=1.0, momentum=0.0, weight_decay=0.0, lr_schedule="constant",
+    )  # fmt: skip
+    return {**base, **overrides}

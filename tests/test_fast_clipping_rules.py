@@ -10,6 +10,7 @@ from torch import nn
 from smoothnet.privacy import fast_clipping
 from smoothnet.privacy.fast_clipping import ClippedGradientModule, layer_rule, register_rule
 from smoothnet.privacy.reference import per_example_gradients
+from tests.support.nets import Scale
 
 
 class WeightStandardizedConv(nn.Conv2d):
@@ -18,17 +19,6 @@ class WeightStandardizedConv(nn.Conv2d):
     def forward(self, x):
         w = self.weight - self.weight.mean((1, 2, 3), keepdim=True)
         return self._conv_forward(x, w, self.bias)
-
-
-class Scale(nn.Module):
-    """y = x * s (one scale per feature): a layer type the module has no built-in rule for."""
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, features))
-
-    def forward(self, x):
-        return x * self.scale
 
 
 @pytest.mark.parametrize(

@@ -24,21 +24,10 @@ from smoothnet.training.fixed_shape import (
     selected_first,
     split_sizes,
 )
-from tests.support.nets import tiny_net
+from tests.support.nets import Scale, tiny_net
 
 torch.set_num_threads(1)
 PHYSICAL = 6  # a logical batch of ~16 splits into uneven parts, each padded
-
-
-class Scale(nn.Module):
-    """A layer without a built-in rule: the torch.func fallback."""
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, features))
-
-    def forward(self, x):
-        return x * self.scale
 
 
 def _mixed():

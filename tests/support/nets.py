@@ -1,4 +1,5 @@
-"""A tiny conv net (Conv2d, GroupNorm, SELU, Linear) for DP-step tests."""
+"""Small networks for the DP-step tests: a tiny conv net (Conv2d, GroupNorm, SELU, Linear) and a layer
+without a built-in clipping rule."""
 
 from __future__ import annotations
 
@@ -17,3 +18,15 @@ def tiny_net(seed: int = 0) -> nn.Module:
         nn.Flatten(),
         nn.Linear(16, 3),
     )
+
+
+class Scale(nn.Module):
+    """y = x * s (one scale per feature): a layer type the clipping module has no built-in rule for
+    (it falls back to torch.func)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, features))
+
+    def forward(self, x):
+        return x * self.scale

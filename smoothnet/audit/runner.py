@@ -28,9 +28,8 @@ from smoothnet.audit.provenance import (
 from smoothnet.audit.sanity import check_sanity
 from smoothnet.io import loads_json
 from smoothnet.params import RUN_GROUPS, ParamsError, load_params
+from smoothnet.profiles import NOT_A_RESULT_PROFILES
 from smoothnet.records import find_records, record_hash
-
-NOT_A_RESULT_PROFILES = ("quick", "fixture")
 
 
 AUDIT_OPTIONS = {"epsilon_tolerance": EPSILON_TOLERANCE, "out": "audit", "allow_changed_deps": False}

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smoothnet.profiles import NOT_A_RESULT_PROFILES, REAL_PROFILES
 from smoothnet.records import find_records, load_record, record_hash
 
-REAL_PROFILES = ("paper", "improved")
-NOT_A_RESULT_PROFILES = ("quick", "fixture")
 KINDS = ("auto", "real", "quick")
 
 # report.metric -> (record field under results, words for captions)

@@ -98,3 +98,27 @@ def test_autotune_table_times_every_candidate_beside_the_non_private_step():
     assert min(r["vs_fastest_dp"] for r in rows if r["method"] != "nonprivate") == 1.0
     assert all(r["step_s"] > 0 and r["load_before"] for r in rows)
     assert "autotune" in throughput.autotune_markdown(rows)
+
+
+profile_step = _load("profile_step")
+
+
+def test_the_step_profile_times_real_clipped_steps(capsys):
+    """Every profiled step computes gradients, the clipped ones bounded by C (a no-op step would profile nothing)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
+    x, y = torch.randn(5, 3, 8, 8), torch.randint(0, 3, (5,))
+    clip = 1e-3
+    grads = {}
+    for label, step in profile_step.steps(model, x, y, ["auto", "ghost", "materialize+unfold"], clip):
+        step()
+        grads[label] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert set(grads) == {"non-private", "fast:auto", "fast:ghost", "fast:materialize+unfold"}
+    for label in ("fast:auto", "fast:ghost", "fast:materialize+unfold"):
+        assert grads[label].norm() <= len(x) * clip * (1 + 1e-5), label  # a sum of clipped contributions
+        torch.testing.assert_close(grads[label], grads["fast:auto"])
+    assert grads["non-private"].norm() > 10 * grads["fast:auto"].norm()
+
+    assert profile_step.main(["--model", "tramer_boneh_cnn", "--batch", "2", "--methods", "auto", "--rows", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "| non-private |" in table and "| fast:auto |" in table

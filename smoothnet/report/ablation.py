@@ -37,6 +37,12 @@ SMOOTHNET_DEFAULTS = {
 }
 ATTRS = ("connection", "width", "depth", "norm", "norm_groups", "pool", "activation")
 SHORT_RUN_EPOCHS = 30  # the thesis study runs had 15 or 30 epochs; longer runs compare with its benchmark
+# The thesis study's recipe: its runs are compared with the thesis entries (literature.py), not in this grid.
+THESIS_RECIPE = {"logical_batch_size": 128, "lr": 0.1, "momentum": 0.0, "lr_schedule": "step", "lr_step_size": 1,
+                 "lr_gamma": 0.7}  # fmt: skip
+# What a run may change from that recipe and still be compared, as a variant: the StepLR step, every epoch in
+# the study's text and every 10 epochs in DPBenchmark's committed code.
+THESIS_VARIABLE = ("lr_step_size",)
 
 
 def architecture(run: Run) -> tuple | None:
@@ -46,6 +52,20 @@ def architecture(run: Run) -> tuple | None:
     opts = {**SMOOTHNET_DEFAULTS, **(run.options if run.model == "smoothnet" else {})}
     opts["width"], opts["depth"] = float(opts["width"]), float(opts["depth"])
     return tuple(opts[a] for a in ATTRS)
+
+
+def thesis_recipe_changes(run: Run) -> dict | None:
+    """How ``run``'s training differs from :data:`THESIS_RECIPE`: ``{}`` for the recipe itself, the changed
+    settings (only :data:`THESIS_VARIABLE` ones) for a variant of it, None for another recipe."""
+    params = run.record["params"]
+    changed = {k: params.get(k) for k, v in THESIS_RECIPE.items() if not _same_setting(params.get(k), v)}
+    return changed if set(changed) <= set(THESIS_VARIABLE) else None
+
+
+def _same_setting(value, expected) -> bool:
+    if isinstance(expected, str):
+        return value == expected
+    return isinstance(value, int | float) and abs(value - expected) <= 1e-9
 
 
 def thesis_match(
@@ -73,8 +93,12 @@ def thesis_match(
 
 
 def render(ctx: Context) -> Section | None:
-    """Write the ablation table and heatmaps; None when there are no ablation records."""
-    runs = select(ctx.runs, study="ablation")
+    """Write the ablation table and heatmaps; None when there are no ablation records.
+
+    Runs of the thesis study's recipe (or a variant of it) are left to the thesis table: averaging them with
+    the grid's runs of the same architecture would mix two training recipes in one cell.
+    """
+    runs = [r for r in select(ctx.runs, study="ablation") if thesis_recipe_changes(r) is None]
     if not runs:
         return None
     metric = ctx.metric_for("ablation")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from smoothnet.report.ablation import architecture, thesis_match
+from smoothnet.report.ablation import ATTRS, SMOOTHNET_DEFAULTS, architecture, thesis_match, thesis_recipe_changes
 from smoothnet.report.context import Context, Section, dataset_label, options_text
 from smoothnet.report.runs import Run, Summary, privacy_text, same_epsilon, select, summarize
 from smoothnet.report.style import finish_figure, new_figure, save_figure
@@ -24,12 +24,12 @@ TABLE = "literature_baselines"
 THESIS_TABLE = "thesis_study"
 FIGURE = "published_vs_reproduced"
 VARIANT_NOTE = (
-    "A '(variant)' row varies what the thesis does not state (the activation, taken as SmoothNet's SELU "
-    "elsewhere) and is compared with the entry it otherwise matches, outside the ordering and the figure."
+    "A '(variant: ...)' row changes one thing the thesis leaves open, named in the row: an attribute it does not "
+    "state (the activation, taken as SmoothNet's SELU elsewhere) or a setting its text and its code disagree on "
+    "(the StepLR step: every epoch in its text, every 10 epochs in DPBenchmark's committed code). It is compared "
+    "with the entry it otherwise matches, outside the ordering and the figure."
 )
 THESIS_METRIC = "best_val"  # the thesis reports each run's best validation accuracy
-# The thesis study's recipe (a run trained with it is compared with the thesis entries)
-THESIS_RECIPE = {"lr": 0.1, "momentum": 0.0, "lr_schedule": "step", "lr_step_size": 1, "lr_gamma": 0.7}
 THESIS_BAND_PP = 2.0  # a single run with the sweep's best hyperparameters should land within ~2 points
 
 
@@ -179,30 +179,28 @@ def _literature_table(ctx: Context, points: list[Point]) -> tuple[Table, list[Ru
     return table, used
 
 
-def is_thesis_recipe(run: Run) -> bool:
-    """Whether ``run`` was trained with the thesis study's recipe (:data:`THESIS_RECIPE`, batch 128)."""
-    params = run.record["params"]
-    return params.get("logical_batch_size") == 128 and all(
-        params.get(k) == v if isinstance(v, str) else _close(params.get(k), v)
-        for k, v in THESIS_RECIPE.items()
-    )
-
-
-def _close(a, b) -> bool:
-    return isinstance(a, int | float) and abs(a - b) <= 1e-9
+def _variant_text(entry, arch: tuple, changes: dict) -> str:
+    """What a variant row changes: the attributes the entry leaves unstated that differ from SmoothNet's
+    defaults, then the recipe settings that differ from the study's."""
+    attrs = dict(zip(ATTRS, arch, strict=True))
+    unstated = [
+        f"{k}={attrs[k]}" for k, v in entry.attributes.items() if v is None and attrs[k] != SMOOTHNET_DEFAULTS[k]
+    ]
+    return ", ".join(unstated + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changes.items()])
 
 
 def _thesis_table(ctx: Context, points: list[Point]) -> tuple[Table, list[Run]] | None:
     runs = [
         r
         for r in ctx.runs
-        if r.dataset == "cifar10" and r.private and is_thesis_recipe(r) and architecture(r)
+        if r.dataset == "cifar10" and r.private and thesis_recipe_changes(r) is not None and architecture(r)
     ]
     if not runs:
         return None
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
-        groups.setdefault((architecture(run), run.target_epsilon), []).append(run)
+        changes = tuple(sorted(thesis_recipe_changes(run).items()))
+        groups.setdefault((architecture(run), run.target_epsilon, changes), []).append(run)
     table = Table(
         banner=ctx.banner,
         name=THESIS_TABLE,
@@ -221,12 +219,13 @@ def _thesis_table(ctx: Context, points: list[Point]) -> tuple[Table, list[Run]] 
     )
     used: list[Run] = []
     compared = []
-    for (arch, eps), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for (arch, eps, changes), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
         entry = thesis_match(ctx.published.thesis, arch, long_run=False)
-        # A run varying what the thesis leaves unstated (its activation) is compared with the entry too, but
-        # kept out of the ordering and the figure, which compare the study as this package reads it.
-        variant = entry is None
-        if variant:
+        # A run varying what the thesis leaves open (an unstated attribute, the schedule its text and code
+        # disagree on) is compared with the entry too, but kept out of the ordering and the figure, which
+        # compare the study as this package reads it.
+        variant = entry is None or bool(changes)
+        if entry is None:
             entry = thesis_match(ctx.published.thesis, arch, long_run=False, unstated_matches_any=True)
         summary = summarize(members, THESIS_METRIC)
         clips = sorted({r.record["privacy"]["max_grad_norm"] for r in members})
@@ -235,7 +234,9 @@ def _thesis_table(ctx: Context, points: list[Point]) -> tuple[Table, list[Run]] 
         delta = summary.mean - entry.dp.accuracy if comparable else None
         table.rows.append(
             [
-                (f"{entry.name} (variant)" if variant else entry.name) if entry else MISSING,
+                (f"{entry.name} (variant: {_variant_text(entry, arch, dict(changes))})" if variant else entry.name)
+                if entry
+                else MISSING,
                 options_text(members[0].options),
                 f"{eps:g}",
                 ", ".join(f"{c:g}" for c in clips),
@@ -254,7 +255,7 @@ def _thesis_table(ctx: Context, points: list[Point]) -> tuple[Table, list[Run]] 
         "runs with the study's recipe (SGD lr 0.1, no momentum, StepLR step 1 gamma 0.7, batch 128, the "
         f"entry's clip norm). {privacy_text(used)}. Each thesis value is the best run of a sweep, so a run with "
         f"its hyperparameters should land within ~{THESIS_BAND_PP:g} points, on average a little below.",
-        *([VARIANT_NOTE] if any(row[0].endswith("(variant)") for row in table.rows) else []),
+        *([VARIANT_NOTE] if any("(variant: " in row[0] for row in table.rows) else []),
         _ordering_note(compared),
         ctx.records_line(used),
     ]

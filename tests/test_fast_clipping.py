@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import pytest
@@ -71,21 +72,24 @@ def _small(name):
     return build_model(name, 10, size).eval().double(), size
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_every_model_and_method_matches_per_example_loop(name):
-    """Every registered model, every method x per-example convolution rule (the trainer may pick any)."""
+@functools.cache
+def _model_case(name):
+    """A model, a batch, a clip norm that clips some examples and not others, and the loop's reference:
+    computed once per model and shared by its method x rule cases (the loop is the expensive part)."""
     model, size = _small(name)
     torch.manual_seed(1)
     x, y = torch.randn(3, 3, size, size, dtype=torch.float64), torch.randint(0, 10, (3,))
-    ref = _reference(model, x, y, c=1.0)
-    c = ref[0].median().item()  # some examples clipped, some not
-    ref = _reference(model, x, y, c=c)
-    for method in METHODS:
-        for conv in ("loop", "grouped", "unfold"):
-            try:
-                _assert_close(_ours(model, x, y, c, method, conv=conv), ref)
-            except AssertionError as error:
-                raise AssertionError(f"{name} with {method}+{conv}: {error}") from error
+    c = _reference(model, x, y, c=1.0)[0].median().item()  # some examples clipped, some not
+    return model, x, y, c, _reference(model, x, y, c=c)
+
+
+@pytest.mark.parametrize("conv", ["loop", "grouped", "unfold"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_and_method_matches_per_example_loop(name, method, conv):
+    """Every registered model, every method x per-example convolution rule (the trainer may pick any)."""
+    model, x, y, c, ref = _model_case(name)
+    _assert_close(_ours(model, x, y, c, method, conv=conv), ref)
 
 
 class _Scale(nn.Module):
@@ -179,9 +183,11 @@ def test_contribution_bounded_by_c_under_bf16_autocast(method, conv, channels_la
         assert total <= c * (1 + 1e-5)
 
 
+@pytest.mark.parametrize("rule", ["loop", "grouped", "unfold", "tune"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dims", [1, 3])
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
-def test_conv1d_conv3d_padding_modes_and_dilation_match_loop(dims, padding_mode):
+def test_conv1d_conv3d_padding_modes_and_dilation_match_loop(dims, padding_mode, method, rule):
     conv = nn.Conv1d if dims == 1 else nn.Conv3d
     torch.manual_seed(dims)
     model = nn.Sequential(
@@ -197,12 +203,7 @@ def test_conv1d_conv3d_padding_modes_and_dilation_match_loop(dims, padding_mode)
     model(x)  # materialise the lazy layer
     c = _reference(model, x, y, 1.0)[0].median().item()
     ref = _reference(model, x, y, c, k=2)
-    for method in METHODS:
-        for rule in ("loop", "grouped", "unfold", "tune"):
-            try:
-                _assert_close(_ours(model, x, y, c, method, k=2, conv=rule), ref)
-            except AssertionError as error:
-                raise AssertionError(f"{method}+{rule}: {error}") from error
+    _assert_close(_ours(model, x, y, c, method, k=2, conv=rule), ref)
 
 
 def test_ghost_computations_run_without_tf32():

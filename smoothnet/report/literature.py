@@ -31,6 +31,7 @@ VARIANT_NOTE = (
 )
 THESIS_METRIC = "best_val"  # the thesis reports each run's best validation accuracy
 THESIS_BAND_PP = 2.0  # a single run with the sweep's best hyperparameters should land within ~2 points
+LITERATURE_BAND_PP = 1.0  # a reproduction of a published recipe: the mean of seeds within 1 point
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,12 @@ def _figure(ctx: Context, points: list[Point], used: list[Run]) -> list:
     values = [p.published for p in points] + [p.reproduced.mean for p in points]
     low, high = min(values) - 5, max(values) + 5
     ax.plot([low, high], [low, high], color="#888888", lw=1, ls="--", label="y = x (reproduced = published)")
+    for band, alpha in ((THESIS_BAND_PP, 0.08), (LITERATURE_BAND_PP, 0.16)):
+        ax.fill_between(
+            [low, high], [low - band, high - band], [low + band, high + band], color="#888888", alpha=alpha,
+            lw=0, label=f"within ±{band:g} points",
+        )  # fmt: skip
+    middle = (low + high) / 2
     for kind, marker, colour, name in (
         ("literature", "o", "#1f77b4", "literature (test accuracy)"),
         ("thesis", "s", "#d62728", "thesis study (validation accuracy)"),
@@ -301,20 +308,25 @@ def _figure(ctx: Context, points: list[Point], used: list[Run]) -> list:
             capsize=3,
             label=name,
         )
-        for p in chosen:
+        # A label goes to the left of its point in the right half (to stay inside the axes) and where the next
+        # point to the right is close (so neighbours do not cover each other's labels), else to the right.
+        ordered = sorted(chosen, key=lambda p: p.published)
+        for p, after in zip(ordered, [*ordered[1:], None], strict=True):
+            left = p.published > middle or (after is not None and after.published - p.published < 3)
             ax.annotate(
                 f"{p.label} (n={p.reproduced.n})",
                 (p.published, p.reproduced.mean),
                 fontsize=6,
-                xytext=(4, -8),
+                xytext=(-6 if left else 6, -3),
                 textcoords="offset points",
+                ha="right" if left else "left",
             )
     ax.set_xlim(low, high)
     ax.set_ylim(low, high)
     ax.set_aspect("equal")
     ax.set_xlabel("published accuracy (%)")
     ax.set_ylabel("reproduced accuracy (%), mean ± std over seeds")
-    ax.legend(loc="upper left", fontsize=7)
+    ax.legend(loc="lower right", fontsize=7)  # reproductions mostly sit on or above y = x
     footer = [
         f"Literature: {ctx.metric_words('literature')}; thesis: best validation accuracy; each at the "
         "source's epsilon (Tables 6 and 7).",

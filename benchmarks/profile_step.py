@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, step in steps(model, x, y, args.methods, args.clip):
         seconds = cpu_seconds(step)
         for i, (op, self_s, calls) in enumerate(top_operators(step, args.rows)):
-            print(f"| {label if i == 0 else ''} | {f'{seconds:.3f}' if i == 0 else ''} | `{op}` | {self_s:.3f} | {calls} |")
+            print(
+                f"| {label if i == 0 else ''} | {f'{seconds:.3f}' if i == 0 else ''} | `{op}` | {self_s:.3f} | {calls} |"
+            )
     return 0
 
 

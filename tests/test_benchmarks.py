@@ -119,6 +119,9 @@ def test_the_step_profile_times_real_clipped_steps(capsys):
         torch.testing.assert_close(grads[label], grads["fast:auto"])
     assert grads["non-private"].norm() > 10 * grads["fast:auto"].norm()
 
-    assert profile_step.main(["--model", "tramer_boneh_cnn", "--batch", "2", "--methods", "auto", "--rows", "2"]) == 0
+    assert (
+        profile_step.main(["--model", "tramer_boneh_cnn", "--batch", "2", "--methods", "auto", "--rows", "2"])
+        == 0
+    )
     table = capsys.readouterr().out
     assert "| non-private |" in table and "| fast:auto |" in table

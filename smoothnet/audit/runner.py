@@ -31,7 +31,6 @@ from smoothnet.params import RUN_GROUPS, ParamsError, load_params
 from smoothnet.profiles import NOT_A_RESULT_PROFILES
 from smoothnet.records import find_records, record_hash
 
-
 AUDIT_OPTIONS = {"epsilon_tolerance": EPSILON_TOLERANCE, "out": "audit", "allow_changed_deps": False}
 
 

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from smoothnet.report.ablation import ATTRS, SMOOTHNET_DEFAULTS, architecture, thesis_match, thesis_recipe_changes
+from smoothnet.report.ablation import (
+    ATTRS,
+    SMOOTHNET_DEFAULTS,
+    architecture,
+    thesis_match,
+    thesis_recipe_changes,
+)
 from smoothnet.report.context import Context, Section, dataset_label, options_text
 from smoothnet.report.runs import Run, Summary, privacy_text, same_epsilon, select, summarize
 from smoothnet.report.style import finish_figure, new_figure, save_figure
@@ -185,9 +191,13 @@ def _variant_text(entry, arch: tuple, changes: dict) -> str:
     defaults, then the recipe settings that differ from the study's."""
     attrs = dict(zip(ATTRS, arch, strict=True))
     unstated = [
-        f"{k}={attrs[k]}" for k, v in entry.attributes.items() if v is None and attrs[k] != SMOOTHNET_DEFAULTS[k]
+        f"{k}={attrs[k]}"
+        for k, v in entry.attributes.items()
+        if v is None and attrs[k] != SMOOTHNET_DEFAULTS[k]
     ]
-    return ", ".join(unstated + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changes.items()])
+    return ", ".join(
+        unstated + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changes.items()]
+    )
 
 
 def _thesis_table(ctx: Context, points: list[Point]) -> tuple[Table, list[Run]] | None:
@@ -235,7 +245,11 @@ def _thesis_table(ctx: Context, points: list[Point]) -> tuple[Table, list[Run]] 
         delta = summary.mean - entry.dp.accuracy if comparable else None
         table.rows.append(
             [
-                (f"{entry.name} (variant: {_variant_text(entry, arch, dict(changes))})" if variant else entry.name)
+                (
+                    f"{entry.name} (variant: {_variant_text(entry, arch, dict(changes))})"
+                    if variant
+                    else entry.name
+                )
                 if entry
                 else MISSING,
                 options_text(members[0].options),

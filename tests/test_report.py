@@ -443,13 +443,13 @@ def test_quick_records_labelled_and_never_mixed(tmp_path):
     readme = (tmp_path / "quick" / "README.md").read_text()
     assert "QUICK PROFILE — not a result" in readme
     arch_md = (tmp_path / "quick" / "tables" / "architectures_eps7.md").read_text()
-    # One name per model across figures and tables (the small-multiples titles say "SmoothNet W1D1" too).
-    assert "| SmoothNet W1D1 | CIFAR-10 | 101,000 | 20.00 ± 0.00 (n=2) |" in arch_md
+    # One name per model across figures and tables (the small-multiples titles say "SmoothNet W10D10" too).
+    assert "| SmoothNet W10D10 | CIFAR-10 | 101,000 | 20.00 ± 0.00 (n=2) |" in arch_md
     assert arch_md.startswith("**QUICK PROFILE — not a result: Architectures")
     arch_tex = (tmp_path / "quick" / "tables" / "architectures_eps7.tex").read_text()
     assert "\\caption{QUICK PROFILE --- not a result: Architectures" in arch_tex
     curve_md = (tmp_path / "quick" / "tables" / "privacy_utility_cifar10.md").read_text()
-    assert "series is SmoothNet W1D1 (the configurable SmoothNet), a different network" in curve_md
+    assert "series is SmoothNet W10D10 (the configurable SmoothNet), a different network" in curve_md
     assert "SmoothNet SmoothNet" not in curve_md
     assert "| 7 | 73.5 | 20.00 ± 0.00 (n=2) |" in curve_md
     # every table of a quick report carries the label, the literature table too
@@ -564,3 +564,16 @@ def test_cli_renders(tmp_path, monkeypatch, capsys):
     params.write_text("report:\n  metric: top1\n")
     assert cli.main(parser.parse_args(argv)) == 2
     assert "report.metric='top1'" in capsys.readouterr().err
+
+
+def test_smoothnet_labels_use_the_papers_width_and_depth_naming():
+    from smoothnet.report.context import model_label
+
+    assert (
+        model_label("x", "smoothnet", {"connection": "dense", "width": 1.0, "depth": 2.0})
+        == "SmoothNet dense W10D20"
+    )
+    assert model_label("x", "smoothnet", {"width": 8.0, "depth": 5.0}) == "SmoothNet W80D50"
+    ws = model_label("x", "smoothnet", {"width": 1.0, "depth": 1.0, "weight_standardization": True})
+    assert ws == "SmoothNet W10D10 (weight_standardization=True)"
+    assert model_label("ResNet-18", "resnet18", {}) == "ResNet-18"

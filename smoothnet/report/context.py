@@ -29,15 +29,16 @@ def options_text(options: dict[str, Any]) -> str:
 
 def model_label(label: str, model: str, options: dict[str, Any]) -> str:
     """One name per model across figures and tables: ``label`` (the published display name) with its
-    options; the configurable SmoothNet as ``SmoothNet [connection] W<width>D<depth> [other options]``."""
+    options; the configurable SmoothNet as ``SmoothNet [connection] W<10 x width>D<10 x depth> (other
+    options)``, the paper's naming (width 8, depth 5 is its W80D50)."""
     opts = dict(options)
     if model == "smoothnet" and opts:
         head = "SmoothNet"
         if "connection" in opts:
             head += f" {opts.pop('connection')}"
         if "width" in opts or "depth" in opts:
-            head += f" W{float(opts.pop('width', 8.0)):g}D{float(opts.pop('depth', 5.0)):g}"
-        return " ".join([head, *(f"{v}" for _, v in sorted(opts.items()))])
+            head += f" W{10 * float(opts.pop('width', 8.0)):g}D{10 * float(opts.pop('depth', 5.0)):g}"
+        return f"{head} ({options_text(opts)})" if opts else head
     return f"{label} ({options_text(opts)})" if opts else label
 
 

@@ -38,7 +38,7 @@ def _panel_title(ctx: Context, run: Run) -> str:
 
 
 def _model_text(ctx: Context, run: Run) -> str:
-    """Model name, with ablation options compact enough for a panel title (``SmoothNet dense W1D5``)."""
+    """Model name, with ablation options compact enough for a panel title (``SmoothNet dense W10D50``)."""
     return model_label(ctx.published.label(run.model), run.model, run.options)
 
 

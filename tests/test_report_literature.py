@@ -148,3 +148,16 @@ def test_figure_is_written(rendered):
     root, _ = rendered
     assert (root / "paper" / "figures" / "published_vs_reproduced.png").stat().st_size > 10_000
     assert (root / "paper" / "figures" / "published_vs_reproduced.pdf").exists()
+
+
+def test_runs_without_a_validation_split_are_said_to_report_the_final_epoch(tmp_path, rendered):
+    note = "have no validation split: their best-validation epoch is the final epoch"
+    root, _ = rendered
+    assert note not in (root / "paper" / "tables" / "literature_baselines.md").read_text()
+    records = _records()
+    for rid, record in records.items():
+        if "scatternet" in rid:  # trained on all 50k images, as the sources do
+            record["results"]["best_val_accuracy"] = None
+    write_runs(tmp_path / "runs", records)
+    render_report(tmp_path / "runs", PUBLISHED, tmp_path / "paper", root=tmp_path)
+    assert note in (tmp_path / "paper" / "tables" / "literature_baselines.md").read_text()

@@ -175,6 +175,11 @@ def _literature_table(ctx: Context, points: list[Point]) -> tuple[Table, list[Ru
         "the run's whole claim: for ScatterNets with private feature statistics (input_norm=dp_bn) it composes "
         "the statistics' Gaussian releases with DP-SGD (privacy.composition in the record).",
     ]
+    if any(run.record["results"]["best_val_accuracy"] is None for run in used):
+        table.notes.append(
+            "Runs that train on all 50,000 training images, as the sources do, have no validation split: "
+            "their best-validation epoch is the final epoch."
+        )
     if any(row[4].endswith("‡") for row in table.rows):
         table.notes.append(
             f"‡ from the improved recipe (study 'improved'; {ctx.metric_words('improved')}), "

@@ -94,3 +94,20 @@ def test_quick_profile_runs_the_whole_dag(tmp_path):
     audit = json.loads((workspace / "audit" / "audit.json").read_text())
     assert audit["passed"] is True
     assert not (workspace / "ablations" / "runs").exists()  # the ablation grid is not part of `dvc repro`
+
+
+def test_quick_workspace_copies_no_stored_records_or_locks(tmp_path):
+    """The project's own records (runs/, ablations/runs/) and dvc.lock files stay out of the quick workspace."""
+    root = tmp_path / "project"
+    for relative in ("dvc.yaml", "params.quick.yaml", "ablations/dvc.yaml", "ablations/dvc.lock", "dvc.lock"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text("stages: {}\n")
+    for folder in ("runs/real-run", "ablations/runs/real-ablation"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "record.json").write_text("{}")
+    workspace = make_workspace(tmp_path / "quick", root=root)
+    assert (workspace / "ablations" / "dvc.yaml").exists()
+    assert not (workspace / "ablations" / "runs").exists()
+    assert not (workspace / "ablations" / "dvc.lock").exists()
+    assert not (workspace / "runs").exists()
+    assert not (workspace / "dvc.lock").exists()

@@ -577,3 +577,24 @@ def test_smoothnet_labels_use_the_papers_width_and_depth_naming():
     ws = model_label("x", "smoothnet", {"width": 1.0, "depth": 1.0, "weight_standardization": True})
     assert ws == "SmoothNet W10D10 (weight_standardization=True)"
     assert model_label("ResNet-18", "resnet18", {}) == "ResNet-18"
+
+
+def test_ablation_heatmap_rows_have_their_own_colour_scale():
+    """DP and non-private cells are coloured on separate scales: on one shared scale the DP cells (10-20
+    points lower) would all take the bottom colour and the differences the figure shows would vanish."""
+    from smoothnet.report.ablation import row_colour_limits
+    from smoothnet.report.runs import Summary
+
+    def summary(mean):
+        return Summary(mean, 0.0, 1, (), (mean,))
+
+    panels = {
+        ("cifar10", 10.0): {
+            ("group", "max"): (summary(57.6), summary(72.0), None),
+            ("none", "max"): (summary(52.5), None, None),
+            ("none", "avg"): (summary(45.4), summary(68.5), None),
+        }
+    }
+    assert row_colour_limits(panels) == [(45.4, 57.6), (68.5, 72.0)]
+    dp_only = {key: {cell: (v[0], None, None) for cell, v in panel.items()} for key, panel in panels.items()}
+    assert row_colour_limits(dp_only) == [(45.4, 57.6), None]

@@ -231,6 +231,22 @@ def _table(ctx: Context, cells, others, metric, used) -> Table:
     return table
 
 
+def row_colour_limits(panels: dict[tuple, dict]) -> list[tuple[float, float] | None]:
+    """The colour scale (min, max mean accuracy) of the DP row and of the non-private row of a heatmap
+    figure, None for a row without records.
+
+    One scale a row, not one for the figure: non-private accuracies sit 10-20 points above DP ones, and a
+    shared scale would paint the DP differences, the point of the figure, in one colour.
+    """
+    limits = []
+    for pos in (0, 1):
+        values = [
+            cell[pos].mean for panel in panels.values() for cell in panel.values() if cell[pos] is not None
+        ]
+        limits.append((min(values), max(values)) if values else None)
+    return limits
+
+
 def _heatmaps(ctx: Context, cells, stem, rows_attr, cols_attr, panel_attrs, notes):
     index = {a: i for i, a in enumerate(ATTRS)}
     panels: dict[tuple, dict] = defaultdict(dict)
@@ -245,8 +261,7 @@ def _heatmaps(ctx: Context, cells, stem, rows_attr, cols_attr, panel_attrs, note
     varying = [i for i in range(len(keys[0])) if len({k[i] for k in keys}) > 1]
     names = ("dataset", "ε") + tuple(panel_attrs)
     common = [f"{names[i]}={_show(keys[0][i])}" for i in range(2, len(names)) if i not in varying]
-    all_values = [s.mean for p in panels.values() for v in p.values() for s in v[:2] if s is not None]
-    vmin, vmax = (min(all_values), max(all_values)) if all_values else (0.0, 100.0)
+    limits = row_colour_limits(panels)
     sizes = [(len({r for r, _ in panels[k]}), len({c for _, c in panels[k]})) for k in keys]
     width = sum(1.25 * c + 1.3 for _, c in sizes) + 0.8
     height = 2 * (0.75 * max(r for r, _ in sizes) + 1.4)
@@ -291,8 +306,8 @@ def _heatmaps(ctx: Context, cells, stem, rows_attr, cols_attr, panel_attrs, note
                 annot=annot,
                 fmt="",
                 cmap="viridis",
-                vmin=vmin,
-                vmax=vmax,
+                vmin=(limits[pos] or (0.0, 100.0))[0],
+                vmax=(limits[pos] or (0.0, 100.0))[1],
                 cbar=False,
                 linewidths=0.5,
                 linecolor="white",
@@ -322,9 +337,10 @@ def _heatmaps(ctx: Context, cells, stem, rows_attr, cols_attr, panel_attrs, note
             )
             ax.tick_params(axis="y", rotation=0)
             ax.grid(False)
-    mappable = axes[0][0].collections[0] if axes[0][0].collections else None
-    if mappable is not None:
-        fig.colorbar(mappable, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02, label="accuracy (%)")
+    for row_i, label in enumerate(("DP accuracy (%)", "non-private accuracy (%)")):
+        row = axes[row_i].tolist()
+        if limits[row_i] and row[0].collections:
+            fig.colorbar(row[0].collections[0], ax=row, fraction=0.025, pad=0.02, label=label)
     what = f"{rows_attr} × {cols_attr}" + (f" ({', '.join(common)})" if common else "")
     fig_notes = [
         f"Cells: reproduced accuracy (%) mean±std over seeds; (thesis …) = thesis value, see Table "

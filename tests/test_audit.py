@@ -663,3 +663,23 @@ def test_ablation_run_is_checked_against_the_ablation_pipeline_lock(repo):
     assert {(run_id, "params.seed"), (run_id, f"params.yaml:ablations.{run_id}.seed")} <= failing(audit(repo))
     (repo / "ablations/dvc.lock").unlink()
     assert (run_id, "ablations/dvc.lock") in failing(audit(repo))
+
+
+def test_each_pipeline_expects_records_of_exactly_its_own_locked_runs(repo):
+    """The main audit (runs/) does not miss a grid cell; the ablation audit (ablations/runs/) does."""
+    run_id = "toy-smoothnet-ablation-s0"
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["ablations"] = {run_id: {"dataset": "toy", "model": "smoothnet_w10d10", "seed": 3}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    record_rel = f"ablations/runs/{run_id}/record.json"
+    stage = {"cmd": f"python pipelines/train.py {run_id}", "outs": [{"path": record_rel, "md5": "0" * 32}]}
+    (repo / "ablations/runs").mkdir(parents=True)
+    (repo / "ablations/dvc.lock").write_text(
+        yaml.safe_dump({"schema": "2.0", "stages": {f"ablate@{run_id}": stage}})
+    )
+    main = audit(repo)
+    assert main.passed, [(w, c.field, c.message) for w, c in main.failures]
+    grid = audit(repo, runs=["ablations/runs"])
+    assert ("report", record_rel) in failing(grid)
+    missed = {c.field for _, c in grid.failures if c.name == "locked run has a record"}
+    assert missed == {record_rel}

@@ -457,6 +457,37 @@ def test_quick_records_labelled_and_never_mixed(tmp_path):
         assert table.read_text().startswith("**QUICK PROFILE — not a result"), table.name
 
 
+def test_sections_render_only_what_is_chosen(tmp_path):
+    """The ablation pipeline's report (``--sections ablation curves``): its grid, nothing of the paper's."""
+    write_runs(tmp_path / "runs", fixture_runs())
+    options = ReportOptions().with_sections(["ablation", "curves"])
+    result = render_report(tmp_path / "runs", PUBLISHED, tmp_path / "out", options, root=tmp_path)
+    files = {Path(p).name for p in result.manifest["outputs"]}
+    assert {"ablation.md", "ablation_width_depth.png", "ablation_norm_pool.png"} <= files
+    assert "training_curves_ablation.png" in files
+    assert not files & {"privacy_utility_cifar10.md", "architectures_eps7.md", "literature_baselines.md"}
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "Sections rendered: ablation, curves" in readme and "Privacy–utility" not in readme
+    everything = render_report(tmp_path / "runs", PUBLISHED, tmp_path / "all", root=tmp_path)
+    assert files < {Path(p).name for p in everything.manifest["outputs"]}
+
+
+def test_sections_are_checked_before_anything_is_written(tmp_path):
+    for bad in (["ablations"], [], "tables"):
+        with pytest.raises(ReportInputError, match="valid: \\['privacy_utility'"):
+            ReportOptions().with_sections(bad)
+    with pytest.raises(ReportInputError, match="unknown \\['nope'\\]"):
+        ReportOptions.from_params({"sections": ["ablation", "nope"]})
+
+
+def test_a_report_without_ablation_records_names_the_ablation_pipeline(tmp_path):
+    records = {k: v for k, v in fixture_runs().items() if v["params"].get("study") != "ablation"}
+    write_runs(tmp_path / "runs", records)
+    render_report(tmp_path / "runs", PUBLISHED, tmp_path / "paper", root=tmp_path)
+    readme = (tmp_path / "paper" / "README.md").read_text()
+    assert "`ablations/dvc.yaml`, whose report stage renders `ablations/report/`" in readme
+
+
 def test_no_records_renders_dashes_without_crashing(tmp_path):
     result = render_report(tmp_path / "runs", PUBLISHED, tmp_path / "paper", root=tmp_path)
     assert result.manifest["records"] == {} and result.manifest["profile"] == "none"
@@ -564,6 +595,11 @@ def test_cli_renders(tmp_path, monkeypatch, capsys):
     params.write_text("report:\n  metric: top1\n")
     assert cli.main(parser.parse_args(argv)) == 2
     assert "report.metric='top1'" in capsys.readouterr().err
+    params.write_text("report:\n  metric: final_test\n")
+    before = sorted((tmp_path / "paper").rglob("*"))
+    assert cli.main(parser.parse_args([*argv, "--sections", "ablatoin"])) == 2
+    assert "unknown ['ablatoin']" in capsys.readouterr().err
+    assert sorted((tmp_path / "paper").rglob("*")) == before
 
 
 def test_smoothnet_labels_use_the_papers_width_and_depth_naming():

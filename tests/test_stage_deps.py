@@ -7,6 +7,7 @@ too few let a stored result go stale without DVC noticing.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -59,6 +60,31 @@ def test_stage_depends_on_exactly_the_code_it_imports(stage):
     deps = _code_deps(stage)
     assert not closure - deps, f"imported but not a dependency: {sorted(closure - deps)}"
     assert not deps - closure, f"a dependency but never imported: {sorted(deps - closure)}"
+
+
+def test_the_main_pipeline_never_reads_the_ablation_grid():
+    """A plain ``dvc repro`` (dvc.yaml) must not put the 54 ablation stages upstream of anything."""
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        stage = stage.get("do", stage)
+        assert not [dep for dep in stage["deps"] if dep.startswith("ablations")], name
+        assert "ablations" not in stage["cmd"], name
+    assert load_yaml((ROOT / "params.yaml").read_text())["report"]["runs"] == ["runs"]
+    from smoothnet.audit import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert parser.parse_args([]).runs == ["runs"]
+
+
+def test_the_ablation_report_and_audit_depend_on_the_grid_they_read():
+    stages = yaml.safe_load((ROOT / "ablations" / "dvc.yaml").read_text())["stages"]
+    for name in ("report", "audit"):
+        assert "ablations/runs" in stages[name]["deps"], name
+        assert "--runs ablations/runs" in stages[name]["cmd"], name
+        assert "runs" not in stages[name]["deps"], name
+    manifest = "ablations/report/report_manifest.json"
+    assert {"path": manifest, "cache": False} == {"path": manifest, **stages["report"]["outs"][-1][manifest]}
+    assert manifest in stages["audit"]["deps"] and f"--report-manifest {manifest}" in stages["audit"]["cmd"]
 
 
 def test_training_closure_leaves_out_cli_report_and_audit():

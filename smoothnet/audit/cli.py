@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runs",
         nargs="+",
-        default=["runs", "ablations/runs"],
-        help="folders of run records (default: runs ablations/runs)",
+        default=["runs"],
+        help="folders of run records (default: runs; the ablation pipeline audits ablations/runs)",
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
     parser.add_argument("--lock", default="dvc.lock", help="DVC lock file (default dvc.lock)")

@@ -57,12 +57,17 @@ def audit_options(params: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+# Where each group of params.yaml writes its records (dvc.yaml, ablations/dvc.yaml): an audit of some
+# folders expects records of exactly the runs that write there.
+RECORD_FOLDERS = {"runs": "runs", "ablations": "ablations/runs"}
+
+
 @dataclass(frozen=True)
 class AuditConfig:
     """Where the audit reads from (paths relative to ``root`` unless absolute)."""
 
     root: Path = Path(".")
-    runs: str | list[str] | tuple[str, ...] = ("runs", "ablations/runs")
+    runs: str | list[str] | tuple[str, ...] = ("runs",)
     params: str = "params.yaml"
     lock: str = "dvc.lock"
     report_manifest: str = "paper/report_manifest.json"
@@ -168,14 +173,17 @@ def _rel(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
 
 
+def _folders(folders: str | list[str] | tuple[str, ...]) -> list[str]:
+    return [folders] if isinstance(folders, str) else list(folders)
+
+
 def _names(folders: str | list[str] | tuple[str, ...]) -> str:
-    return folders if isinstance(folders, str) else ", ".join(folders)
+    return ", ".join(_folders(folders))
 
 
 def load_inputs(config: AuditConfig) -> tuple[dict[str, Any], dict[str, Any], list[Path]]:
     """params.yaml, dvc.lock stages and the record paths; a clear error before any checking."""
-    folders = config.runs if isinstance(config.runs, (list, tuple)) else [config.runs]
-    runs_dirs = [config.path(folder) for folder in folders]
+    runs_dirs = [config.path(folder) for folder in _folders(config.runs)]
     if not runs_dirs[0].is_dir():
         raise AuditInputError(
             f"{runs_dirs[0]}: runs folder not found (pass --runs, or --root for the repository)"
@@ -369,15 +377,26 @@ def _runs_without_records(
     A run whose stage dvc.lock lists but whose record is gone fails: deleting an unwanted seed's folder
     must not make it disappear from the report."""
     checks, untrained = [], []
+    folders = [_rel(config.path(folder), config.root).rstrip("/") + "/" for folder in _folders(config.runs)]
     for group in RUN_GROUPS:
         for run_id in sorted(params.get(group) or {}):
             if run_id in recorded:
                 continue
             lock_name, key = split_stage(expected_stage(params, run_id))
             stages = _lock_stages(config.lock if lock_name == "dvc.lock" else lock_name, config, locks)
-            if stages is not None and isinstance(stages.get(key), dict):
-                outs = [str(o["path"]) for o in stages[key].get("outs") or [] if isinstance(o, dict)]
-                record = next((o for o in outs if o.endswith("record.json")), f"{run_id}/record.json")
+            locked = stages is not None and isinstance(stages.get(key), dict)
+            outs = (
+                [str(o["path"]) for o in stages[key].get("outs") or [] if isinstance(o, dict)]
+                if locked
+                else []
+            )
+            record = next(
+                (o for o in outs if o.endswith("record.json")),
+                f"{RECORD_FOLDERS[group]}/{run_id}/record.json",
+            )
+            if not any(record.startswith(folder) for folder in folders):
+                continue  # another pipeline's run (the ablation grid's, or the main one's): its own audit
+            if locked:
                 checks.append(
                     Check(
                         "provenance",

@@ -17,11 +17,17 @@ from smoothnet.io import atomic_write_json, atomic_write_text, sha256_file
 from smoothnet.report import ablation, architectures, curves, literature, privacy_utility
 from smoothnet.report.context import Context, Section
 from smoothnet.report.published import load_published
-from smoothnet.report.runs import ReportOptions, collect_runs, repo_path
+from smoothnet.report.runs import SECTIONS, ReportOptions, collect_runs, repo_path
 
 MANIFEST = "report_manifest.json"
 README = "README.md"
-BUILDERS = (privacy_utility, architectures, ablation, literature, curves)
+BUILDERS = {
+    "privacy_utility": privacy_utility,
+    "architectures": architectures,
+    "ablation": ablation,
+    "literature": literature,
+    "curves": curves,
+}
 GENERATED_SUFFIXES = (".png", ".pdf", ".md", ".tex")
 
 
@@ -65,7 +71,8 @@ def render_report(
         figures_dir.mkdir()
         tables_dir.mkdir()
         ctx = Context(runset, published, options, figures_dir, tables_dir)
-        sections = [s for s in (builder.render(ctx) for builder in BUILDERS) if s is not None]
+        rendered = (BUILDERS[name].render(ctx) for name in SECTIONS if name in options.sections)
+        sections = [s for s in rendered if s is not None]
         written = [p for s in sections for p in s.paths]
         _remove_stale(figures_dir, tables_dir, written)
         atomic_write_text(staging / README, _readme(ctx, sections))
@@ -134,8 +141,13 @@ def _readme(ctx: Context, sections: list[Section]) -> str:
             f"- Not rendered: {len(ctx.runset.left_out)} {other} record(s); real results and quick-profile "
             "runs are never mixed (`report.kind` chooses)."
         )
-    if not any(s.title.startswith("Ablations") for s in sections):
-        lines.append("- No ablation run records (study 'ablation'): ablation heatmaps not rendered.")
+    if tuple(ctx.options.sections) != SECTIONS:
+        lines.append(f"- Sections rendered: {', '.join(ctx.options.sections)} (`--sections`).")
+    if "ablation" in ctx.options.sections and not any(s.title.startswith("Ablations") for s in sections):
+        lines.append(
+            "- No ablation run records (study 'ablation') here: the ablation grid is its own pipeline, "
+            "`ablations/dvc.yaml`, whose report stage renders `ablations/report/`."
+        )
     lines.append("")
     for section in sections:
         lines += [f"## {section.title}" + (f" — {banner}" if banner else ""), ""]

@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "architecture_epsilon, runs, out, published); flags override it",
     )
     parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=None,
+        help="render only these sections (privacy_utility architectures ablation literature curves; "
+        "default: report.sections in params, else all)",
+    )
+    parser.add_argument(
         "--root",
         default=".",
         help="repository root; the other paths and the manifest's are relative to it (default .)",
@@ -53,6 +60,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         section = load_params(at(args.params)).get("report") if args.params else None
         options = ReportOptions.from_params(section)
+        if args.sections:
+            options = options.with_sections(args.sections)
         runs = at(args.runs or options.runs)
         published = at(args.published or options.published)
         out = at(args.out or options.out)

@@ -7,6 +7,7 @@ keeps one kind and counts what it left out). Accuracies are fractions in records
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from smoothnet.profiles import NOT_A_RESULT_PROFILES, REAL_PROFILES
 from smoothnet.records import find_records, load_record, record_hash
 
 KINDS = ("auto", "real", "quick")
+# The report's sections, in the order they are rendered (one module of smoothnet.report each).
+SECTIONS = ("privacy_utility", "architectures", "ablation", "literature", "curves")
 
 # report.metric -> (record field under results, words for captions)
 METRICS: dict[str, tuple[str, str]] = {
@@ -45,15 +48,17 @@ class ReportOptions:
     kind: "real" or "quick" records; "auto" renders real ones when any exist, else quick/fixture ones.
     architecture_epsilon: the budget of the architecture table and bar chart (the paper's epsilon 7).
     runs, out, published: default folders/files of the CLI (its flags override them).
+    sections: which sections to render (:data:`SECTIONS`); the ablation pipeline renders only "ablation".
     """
 
     metric: str = "test_at_best_val"
     improved_metric: str = "final_test"
     kind: str = "auto"
     architecture_epsilon: float = 7.0
-    runs: str | tuple[str, ...] = ("runs", "ablations/runs")
+    runs: str | tuple[str, ...] = "runs"
     out: str = "paper"
     published: str = "paper/published.yaml"
+    sections: tuple[str, ...] = SECTIONS
 
     @classmethod
     def from_params(cls, section: dict[str, Any] | None) -> ReportOptions:
@@ -79,7 +84,18 @@ class ReportOptions:
             raise ReportInputError(f"params report.kind={options.kind!r}; valid: {list(KINDS)}")
         if not options.architecture_epsilon > 0:
             raise ReportInputError("params report.architecture_epsilon must be > 0")
+        options = options.with_sections(options.sections)
         return options
+
+    def with_sections(self, sections: str | list[str] | tuple[str, ...]) -> ReportOptions:
+        """These options rendering only ``sections``; an unknown or empty choice raises a clear error."""
+        chosen = (sections,) if isinstance(sections, str) else tuple(sections)
+        unknown = [name for name in chosen if name not in SECTIONS]
+        if unknown or not chosen:
+            raise ReportInputError(
+                f"report sections {list(chosen)}: unknown {unknown or 'none chosen'}; valid: {list(SECTIONS)}"
+            )
+        return dataclasses.replace(self, sections=chosen)
 
 
 @dataclass(frozen=True)

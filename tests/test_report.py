@@ -472,6 +472,29 @@ def test_sections_render_only_what_is_chosen(tmp_path):
     assert files < {Path(p).name for p in everything.manifest["outputs"]}
 
 
+def test_ablation_cells_with_runs_of_one_seed_say_so(tmp_path):
+    """Two grids can hold the same configuration: n=2 of one seed is not two replicates."""
+    opts = {"connection": "dense", "width": 1.0, "depth": 1.0, "norm": "group", "pool": "max"}
+    kw = dict(model="smoothnet", study="ablation", num_parameters=100_000, target_epsilon=10.0)
+    records = {
+        "grid-a-nodp-s0": make_record("grid-a-nodp-s0", options=opts, private=False, **kw),
+        "grid-b-nodp-s0": make_record(
+            "grid-b-nodp-s0", options={**opts, "norm_groups": 8}, private=False, **kw
+        ),
+        "grid-a-eps10-s0": make_record("grid-a-eps10-s0", options=opts, **kw),
+        "grid-a-eps10-s1": make_record("grid-a-eps10-s1", options=opts, seed=1, **kw),
+    }
+    write_runs(tmp_path / "runs", records)
+    render_report(tmp_path / "runs", PUBLISHED, tmp_path / "paper", root=tmp_path)
+    table = (tmp_path / "paper" / "tables" / "ablation.md").read_text()
+    assert "non-DP (grid-a-nodp-s0, grid-b-nodp-s0)" in table
+    assert "DP (grid-a-eps10" not in table  # two seeds: replicates, no note
+    del records["grid-b-nodp-s0"]
+    write_runs(tmp_path / "runs2", records)
+    render_report(tmp_path / "runs2", PUBLISHED, tmp_path / "paper2", root=tmp_path)
+    assert "runs of one seed" not in (tmp_path / "paper2" / "tables" / "ablation.md").read_text()
+
+
 def test_sections_are_checked_before_anything_is_written(tmp_path):
     for bad in (["ablations"], [], "tables"):
         with pytest.raises(ReportInputError, match="valid: \\['privacy_utility'"):

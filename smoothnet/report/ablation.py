@@ -227,8 +227,30 @@ def _table(ctx: Context, cells, others, metric, used) -> Table:
     ]
     if missing:
         table.notes.append("— = missing run record(s): " + "; ".join(missing) + ".")
+    repeats = _same_seed_repeats(cells)
+    if repeats:
+        table.notes.append(
+            "n counts runs, and these cells have runs of one seed (the grids overlap): "
+            + "; ".join(repeats)
+            + ". Without privacy such runs are the same computation (equal by construction, not agreeing "
+            "replicates); with privacy they share the initialisation and differ in noise and sampling, "
+            "which are derived from the run id, so their ± understates the spread over seeds."
+        )
     table.notes.append(ctx.records_line(used))
     return table
+
+
+def _same_seed_repeats(cells) -> list[str]:
+    """Cells (DP and non-DP separately) holding two or more runs of the same seed, named with their runs."""
+    found = {}
+    for (arch, _, _), (_, _, _, members) in cells.items():
+        for private, kind in ((True, "DP"), (False, "non-DP")):
+            runs = [r for r in members if r.private == private]
+            if len({r.seed for r in runs}) < len(runs):
+                found[(arch, kind)] = (
+                    " ".join(_arch_text(arch)) + f" {kind} ({', '.join(sorted(r.run_id for r in runs))})"
+                )
+    return list(found.values())
 
 
 def row_colour_limits(panels: dict[tuple, dict]) -> list[tuple[float, float] | None]:
